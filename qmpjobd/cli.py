@@ -1,0 +1,116 @@
+"""Command line: ``qmpjobd --socket PATH [--tcp HOST:PORT] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .server import Limits, Server, StartupError
+
+log = logging.getLogger("qmpjobd")
+
+DEFAULT_SOCKET = "/run/qmpjobd/qmpjobd.sock" if os.geteuid() == 0 else ""
+
+
+def default_socket() -> str:
+    """$XDG_RUNTIME_DIR/qmpjobd.sock, else /tmp/qmpjobd-$UID.sock (/run/qmpjobd for root)."""
+    if DEFAULT_SOCKET:
+        return DEFAULT_SOCKET
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "qmpjobd.sock")
+    return f"/tmp/qmpjobd-{os.geteuid()}.sock"
+
+
+def _version_triple(text: str) -> tuple[int, int, int]:
+    parts = text.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError("expected MAJOR.MINOR.MICRO, e.g. 7.2.0")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:4444")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used for --help in the README)."""
+    p = argparse.ArgumentParser(
+        prog="qmpjobd",
+        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.")
+    p.add_argument("--socket", metavar="PATH", default=None,
+                   help=f"Unix socket to listen on (default: {default_socket()})")
+    p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, action="append", default=[],
+                   help="also listen on TCP (loopback only unless --tcp-allow-remote)")
+    p.add_argument("--tcp-allow-remote", action="store_true",
+                   help="allow --tcp on a non-loopback address (QMP has no authentication)")
+    p.add_argument("--name", default=None, help="guest name reported by query-name")
+    p.add_argument("--qemu-version", type=_version_triple, default=(7, 2, 0),
+                   metavar="X.Y.Z", help="version triple to report (default 7.2.0)")
+    p.add_argument("--max-output", type=int, default=Limits.max_output, metavar="BYTES",
+                   help="unread output after which a client is disconnected "
+                        f"(default {Limits.max_output})")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop (auto: uvloop when installed)")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"), help="stderr log level")
+    p.add_argument("--version", action="version", version=f"qmpjobd {__version__}")
+    return p
+
+
+def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+    """The event loop constructor to use, and its name for the log."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                msg = "qmpjobd: --loop uvloop given but uvloop is not installed"
+                raise SystemExit(msg) from None
+        else:
+            return uvloop.new_event_loop, "uvloop"
+    return asyncio.new_event_loop, "asyncio"
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the daemon until quit or a signal; returns the exit status."""
+    package = f"qmpjobd {__version__}"
+    server = Server(version=args.qemu_version, package=package, name=args.name,
+                    limits=Limits(max_output=args.max_output))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.signal_stop, sig.name)
+    try:
+        await server.listen_unix(args.socket or default_socket())
+        for host, port in args.tcp:
+            await server.listen_tcp(host, port, args.tcp_allow_remote)
+    except StartupError as e:
+        log.error("%s", e)
+        await server.close()
+        return 1
+    await server.stopped.wait()
+    await server.close()
+    log.info("stopped (%s)", server.exit_reason)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qmpjobd`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    factory, loop_name = loop_factory(args.loop)
+    log.info("qmpjobd %s on %s", __version__, loop_name)
+    runner_args: dict[str, Any] = {"loop_factory": factory}
+    with asyncio.Runner(**runner_args) as runner:
+        return runner.run(serve(args))

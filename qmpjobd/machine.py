@@ -1,0 +1,93 @@
+"""The emulated machine: run state (query-status, stop, cont), identity and quit.
+
+There is no guest CPU here; the run state is what a QMP client observes, with QEMU's events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .protocol.errors import QMPError
+from .protocol.session import Session
+from .schema import EventSink, Registry
+
+_NEEDS_RESET = frozenset(("internal-error", "shutdown", "guest-panicked"))
+
+
+class Machine:
+    """Run state and identity of the daemon as a QMP client sees them."""
+
+    def __init__(self, events: EventSink, version: tuple[int, int, int], package: str,
+                 name: str | None = None, on_quit: Callable[[], None] | None = None) -> None:
+        self.events = events
+        self.status = "running"
+        self.name = name
+        major, minor, micro = version
+        self.version = {"qemu": {"micro": micro, "minor": minor, "major": major},
+                        "package": package}
+        self.on_quit = on_quit
+
+    def register(self, registry: Registry) -> None:
+        """Attach this machine's command handlers."""
+        registry.register("query-status", self.query_status)
+        registry.register("stop", self.stop)
+        registry.register("cont", self.cont)
+        registry.register("query-name", self.query_name)
+        registry.register("query-version", self.query_version)
+        registry.register("quit", self.quit)
+        registry.register("query-yank", lambda args, session: [])
+        registry.register("yank", self.yank)
+
+    @property
+    def running(self) -> bool:
+        """True while the (emulated) guest runs."""
+        return self.status == "running"
+
+    def set_status(self, status: str) -> None:
+        """Change the run state, emitting STOP or RESUME as QEMU does."""
+        was_running = self.running
+        self.status = status
+        if was_running and status != "running":
+            self.events.emit("STOP")
+        elif not was_running and status == "running":
+            self.events.emit("RESUME")
+
+    def query_status(self, args: dict[str, Any], session: Session) -> Any:
+        """query-status."""
+        return {"status": self.status, "singlestep": False, "running": self.running}
+
+    def stop(self, args: dict[str, Any], session: Session) -> Any:
+        """stop: pause a running guest (no event when already stopped)."""
+        if self.running:
+            self.set_status("paused")
+
+    def cont(self, args: dict[str, Any], session: Session) -> Any:
+        """cont: resume, with QEMU's refusals."""
+        if self.status in _NEEDS_RESET:
+            raise QMPError("Resetting the Virtual Machine is required")
+        if self.status == "suspended":
+            return
+        if self.status == "finish-migrate":
+            raise QMPError("Migration is not finalized yet")
+        if not self.running:
+            self.set_status("running")
+
+    def query_name(self, args: dict[str, Any], session: Session) -> Any:
+        """query-name: ``{}`` unless the daemon was given a name."""
+        return {"name": self.name} if self.name is not None else {}
+
+    def query_version(self, args: dict[str, Any], session: Session) -> Any:
+        """query-version: the configured QEMU-style triple and our package string."""
+        return self.version
+
+    def quit(self, args: dict[str, Any], session: Session) -> Any:
+        """quit: SHUTDOWN to everyone, then the reply, then the daemon exits."""
+        self.events.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+        if self.on_quit is not None:
+            self.on_quit()
+
+    def yank(self, args: dict[str, Any], session: Session) -> Any:
+        """yank: there are no yank instances, so any named one is not found."""
+        if args["instances"]:
+            raise QMPError("Instance not found", "DeviceNotFound")

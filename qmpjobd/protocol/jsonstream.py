@@ -1,0 +1,603 @@
+"""QEMU 7.2's JSON stream reader (lexer, streamer, parser) without any I/O.
+
+Bytes go in with :meth:`JSONStream.feed`; :meth:`JSONStream.next` hands back, one at a time,
+either a parsed JSON value or a :class:`ParseError` with QEMU's exact text.  Message boundaries,
+error recovery and limits follow ``qobject/json-lexer.c``, ``json-streamer.c`` and
+``json-parser.c`` (see ../shared/spec/qmp-protocol.md §6).
+
+Two paths give the same results: a fast path that hands a whole object to orjson when the
+reader is in its clean state and the object is plain (ASCII, no escapes, no duplicate keys),
+and an exact token-by-token path for everything else.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from typing import Any, Final
+
+import orjson
+
+MAX_TOKEN_SIZE: Final = 64 << 20
+MAX_TOKEN_COUNT: Final = 2 << 20
+MAX_NESTING: Final = 1024
+FAST_PATH_MAX: Final = 1 << 20
+"""Largest object the fast path hands to orjson; bigger ones take the exact path."""
+
+
+class ParseError:
+    """A lexer, parser or limit error: becomes one id-less GenericError reply."""
+
+    __slots__ = ("desc",)
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+
+    def __repr__(self) -> str:
+        return f"ParseError({self.desc!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParseError) and other.desc == self.desc
+
+    def __hash__(self) -> int:
+        return hash(self.desc)
+
+
+class _Fail(Exception):
+    """Internal: the parser's first error, carrying the text after 'JSON parse error, '."""
+
+
+# Lexer states (only the ones that can be pending at the end of the input).
+_START, _RECOVERY, _STRING, _NUMBER, _KEYWORD = range(5)
+
+# Number sub-states, as in json-lexer.c.
+(_N_SIGN, _N_ZERO, _N_DIGITS, _N_MANT, _N_MANT_DIGITS,
+ _N_EXP_E, _N_EXP_SIGN, _N_EXP_DIGITS) = range(8)
+
+_WS = re.compile(rb"[ \t\r\n]*")
+_RECOVER = re.compile(rb"[^\x00-\x08\x0a-\x1f\[\]{}:,\xfe\xff]*")
+_DQ_BODY = re.compile(rb'(?:[\x20\x21\x23-\x5b\x5d-\xfd]|\\[\x20-\xfd])*')
+_SQ_BODY = re.compile(rb"(?:[\x20-\x26\x28-\x5b\x5d-\xfd]|\\[\x20-\xfd])*")
+_KEYWORD_RUN = re.compile(rb"[a-z]*")
+_DIGIT_RUN = re.compile(rb"[0-9]*")
+_NONCHAR = re.compile("[\ufdd0-\ufdef\ufffe\uffff\U0001fffe\U0001ffff\U0002fffe\U0002ffff"
+                      "\U0003fffe\U0003ffff\U0004fffe\U0004ffff\U0005fffe\U0005ffff"
+                      "\U0006fffe\U0006ffff\U0007fffe\U0007ffff\U0008fffe\U0008ffff"
+                      "\U0009fffe\U0009ffff\U000afffe\U000affff\U000bfffe\U000bffff"
+                      "\U000cfffe\U000cffff\U000dfffe\U000dffff\U000efffe\U000effff"
+                      "\U000ffffe\U000fffff\U0010fffe\U0010ffff]")
+
+_LCURLY, _RCURLY, _LSQUARE, _RSQUARE, _COLON, _COMMA = b"{}[]:,"
+_STRUCTURAL = frozenset(b"{}[]:,")
+_QUOTES = frozenset(b"\"'")
+_INT_MIN, _INT_MAX, _UINT_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+_ESCAPES = {ord('"'): '"', ord("'"): "'", ord("\\"): "\\", ord("/"): "/", ord("b"): "\b",
+            ord("f"): "\f", ord("n"): "\n", ord("r"): "\r", ord("t"): "\t"}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_MIN_CP = (0x80, 0x800, 0x10000, 0x200000, 0x4000000)
+
+
+def valid_codepoint(cp: int) -> bool:
+    """QEMU's is_valid_codepoint(): no surrogates, no noncharacters, at most U+10FFFF."""
+    if cp < 0 or cp > 0x10FFFF:
+        return False
+    if 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE:
+        return False
+    return not 0xD800 <= cp <= 0xDFFF
+
+
+def mod_utf8_codepoint(s: bytes, i: int) -> tuple[int, int]:
+    """Decode one code point at ``s[i]`` as QEMU's mod_utf8_codepoint(); returns (cp or -1, end)."""
+    n = len(s)
+    byte = s[i]
+    p = i + 1
+    if byte < 0x80:
+        return byte, p
+    if byte >= 0xFE or not byte & 0x40:
+        return -1, p
+    length = 0
+    mask = 0x80
+    while byte & mask:
+        length += 1
+        mask >>= 1
+    cp = byte & (mask - 1)
+    for _ in range(1, length):
+        nxt = s[p] if p < n else 0
+        if nxt & 0xC0 != 0x80:
+            return -1, p
+        p += 1
+        cp = (cp << 6) | (nxt & 0x3F)
+    if not valid_codepoint(cp):
+        return -1, p
+    if cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
+        return -1, p
+    return cp, p
+
+
+def qemu_text(raw: bytes) -> str:
+    """Bytes as QEMU prints a C string: cut at NUL, bad UTF-8 becomes U+FFFD."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raw = raw[:nul]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out = []
+    i = 0
+    while i < len(raw):
+        cp, i = mod_utf8_codepoint(raw, i)
+        out.append(chr(cp) if cp >= 0 else "\ufffd")
+    return "".join(out)
+
+
+def _cvt4hex(s: bytes, i: int) -> int:
+    chunk = s[i:i + 4]
+    if len(chunk) < 4 or any(c not in _HEX for c in chunk):
+        return -1
+    return int(chunk, 16)
+
+
+def _parse_string_slow(raw: bytes) -> str:
+    """json-parser.c parse_string(): escapes, surrogate pairs and modified UTF-8."""
+    quote = raw[0]
+    out: list[str] = []
+    i = 1
+    while raw[i] != quote:
+        c = raw[i]
+        if c == 0x5C:
+            beg = i
+            esc = raw[i + 1]
+            i += 2
+            if esc in _ESCAPES:
+                out.append(_ESCAPES[esc])
+            elif esc == 0x75:  # 'u'
+                cp = _cvt4hex(raw, i)
+                i += 4
+                if 0xD800 <= cp <= 0xDBFF and raw[i:i + 2] == b"\\u":
+                    cp = 0x10000 + ((cp & 0x3FF) << 10)
+                    trailing = _cvt4hex(raw, i + 2)
+                    if 0xDC00 <= trailing <= 0xDFFF:
+                        cp |= trailing & 0x3FF
+                        i += 6
+                    else:
+                        cp = -1
+                if not valid_codepoint(cp):
+                    text = qemu_text(raw[beg:min(i, len(raw))])
+                    raise _Fail(f"{text} is not a valid Unicode character")
+                out.append(chr(cp))
+            else:
+                raise _Fail("invalid escape sequence in string")
+        else:
+            cp, i = mod_utf8_codepoint(raw, i)
+            if cp < 0:
+                raise _Fail("invalid UTF-8 sequence in string")
+            out.append(chr(cp))
+    return "".join(out)
+
+
+def _parse_string(raw: bytes) -> str:
+    body = raw[1:-1]
+    if b"\\" not in body:
+        try:
+            s = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _parse_string_slow(raw)
+        if s.isascii() or not _NONCHAR.search(s):
+            return s
+        raise _Fail("invalid UTF-8 sequence in string")
+    return _parse_string_slow(raw)
+
+
+def _parse_scalar(raw: bytes) -> Any:
+    c = raw[0]
+    if c in _QUOTES:
+        return _parse_string(raw)
+    if c == 0x2D or 0x30 <= c <= 0x39:
+        if b"." in raw or b"e" in raw or b"E" in raw:
+            return float(raw)
+        v = int(raw)
+        if _INT_MIN <= v <= _INT_MAX or (c != 0x2D and v <= _UINT_MAX):
+            return v
+        return float(raw)
+    if raw == b"true":
+        return True
+    if raw == b"false":
+        return False
+    if raw == b"null":
+        return None
+    if 0x61 <= c <= 0x7A:
+        raise _Fail(f"invalid keyword '{raw.decode('ascii')}'")
+    raise _Fail("expecting value")
+
+
+def parse_tokens(buf: bytes | bytearray, spans: array[int], base: int) -> Any:
+    """json_parser_parse() over the token spans (absolute offsets minus ``base``) of one message."""
+    n = len(spans) // 2
+    i = 0
+    stack: list[list[Any]] = []  # [container, pending key or _KEY marker]
+    need_value = True
+    value: Any = None
+
+    def tok(k: int) -> bytes:
+        return bytes(buf[spans[2 * k] - base:spans[2 * k + 1] - base])
+
+    while True:
+        if need_value:
+            if i >= n:
+                raise _Fail("premature EOI")
+            t = tok(i)
+            c = t[0]
+            i += 1
+            if c in (_LCURLY, _LSQUARE):
+                if i >= n:
+                    raise _Fail("premature EOI")
+                closer = _RCURLY if c == _LCURLY else _RSQUARE
+                if buf[spans[2 * i] - base] == closer and spans[2 * i + 1] - spans[2 * i] == 1:
+                    i += 1
+                    value = {} if c == _LCURLY else []
+                else:
+                    stack.append([{}, _KEY] if c == _LCURLY else [[], None])
+                    continue
+            elif c in _STRUCTURAL:
+                raise _Fail("expecting value")
+            else:
+                value = _parse_scalar(t)
+        need_value = False
+        if not stack:
+            return value
+        frame = stack[-1]
+        container = frame[0]
+        if type(container) is list:
+            container.append(value)
+        elif frame[1] is _KEY:
+            if type(value) is not str:
+                raise _Fail("key is not a string in object")
+        else:
+            if frame[1] in container:
+                raise _Fail("duplicate key")
+            container[frame[1]] = value
+        if i >= n:
+            raise _Fail("premature EOI")
+        t = tok(i)
+        i += 1
+        if type(container) is list:
+            if t == b"]":
+                value = container
+                stack.pop()
+            elif t != b",":
+                raise _Fail("expected separator in list")
+            else:
+                need_value = True
+        elif frame[1] is _KEY:
+            if t != b":":
+                raise _Fail("missing : in object pair")
+            frame[1] = value
+            need_value = True
+        elif t == b"}":
+            value = container
+            stack.pop()
+        elif t != b",":
+            raise _Fail("expected separator in dict")
+        else:
+            if i >= n:
+                raise _Fail("premature EOI")
+            frame[1] = _KEY
+            need_value = True
+
+
+class _KeyMarker:
+    __slots__ = ()
+
+
+_KEY = _KeyMarker()
+
+
+def _count_keys(v: Any) -> int:
+    """Total number of object members in ``v``, nested ones included."""
+    total = 0
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if type(x) is dict:
+            total += len(x)
+            stack.extend(y for y in x.values() if type(y) is dict or type(y) is list)
+        else:
+            stack.extend(y for y in x if type(y) is dict or type(y) is list)
+    return total
+
+
+Result = Any
+"""What :meth:`JSONStream.next` returns: a JSON value (as Python objects) or a ParseError."""
+
+NEED_DATA: Final = object()
+"""Sentinel returned by :meth:`JSONStream.next` when no complete message is buffered."""
+_CONTINUE: Final = object()
+"""Internal: a token was taken but the message is not complete yet."""
+
+
+class JSONStream:
+    """Incremental QMP input reader: ``feed()`` bytes, then call ``next()`` until NEED_DATA."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._base = 0          # absolute offset of _buf[0]
+        self._pos = 0           # absolute lexing position
+        self._state = _START
+        self._tok = 0           # absolute start of the pending token
+        self._sub = 0           # number sub-state, or the quote byte of a pending string
+        self._spans: array[int] = array("q")
+        self._brace = 0
+        self._bracket = 0
+        self._size = 0
+        self._pending: Any = NEED_DATA
+        self.fast_hits = 0
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        self._buf += data
+
+    def reset(self) -> None:
+        """Forget everything, as QEMU does when a client disconnects."""
+        self.__init__()  # type: ignore[misc]
+
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into messages."""
+        return self._base + len(self._buf) - self._pos
+
+    @property
+    def clean(self) -> bool:
+        """True when no partial token or message is pending."""
+        return self._state == _START and not self._spans
+
+    # -- output --------------------------------------------------------------------------------
+
+    def next(self) -> Result:
+        """Return the next complete message or ParseError, or NEED_DATA."""
+        if self._state == _START and not self._spans:
+            r = self._fast()
+            if r is not NEED_DATA:
+                return r
+        r = self._lex()
+        self._compact()
+        return r
+
+    def _compact(self) -> None:
+        if self._spans:
+            keep = self._spans[0]
+        elif self._state in (_STRING, _NUMBER, _KEYWORD):
+            keep = self._tok
+        else:
+            keep = self._pos
+        drop = keep - self._base
+        if drop > 65536 or (drop and drop == len(self._buf)):
+            del self._buf[:drop]
+            self._base += drop
+
+    def _fast(self) -> Result:
+        buf = self._buf
+        start = self._pos - self._base
+        m = _WS.match(buf, start)
+        assert m is not None
+        start = m.end()
+        self._pos = self._base + start
+        if start >= len(buf):
+            if start:
+                buf.clear()
+                self._base = self._pos
+            return NEED_DATA
+        if buf[start] != _LCURLY:
+            return NEED_DATA
+        nl = buf.find(b"\n", start, start + FAST_PATH_MAX)
+        end = nl + 1 if nl >= 0 else min(len(buf), start + FAST_PATH_MAX)
+        chunk = buf[start:end]
+        try:
+            value = orjson.loads(chunk)
+        except orjson.JSONDecodeError as e:
+            if e.pos <= 1:
+                return NEED_DATA
+            chunk = chunk[:e.pos]
+            try:
+                value = orjson.loads(chunk)
+            except orjson.JSONDecodeError:
+                return NEED_DATA
+        if (type(value) is not dict or not chunk.isascii() or b"\\" in chunk
+                or chunk.count(b":") != _count_keys(value)):
+            return NEED_DATA
+        self._pos += len(chunk)
+        if self._pos - self._base == len(buf):
+            buf.clear()
+            self._base = self._pos
+        self.fast_hits += 1
+        return value
+
+    # -- the exact path ------------------------------------------------------------------------
+
+    def _lex(self) -> Result:
+        """Run the lexer until one message or error is produced, or the input runs out."""
+        buf = self._buf
+        base = self._base
+        n = len(buf)
+        pos = self._pos - base
+        while True:
+            state = self._state
+            if state == _START:
+                m = _WS.match(buf, pos)
+                assert m is not None
+                pos = m.end()
+                if pos >= n:
+                    break
+                c = buf[pos]
+                self._tok = pos + base
+                if c in _STRUCTURAL:
+                    pos += 1
+                    r = self._token(pos - 1, pos)
+                    if r is _CONTINUE:
+                        continue
+                elif c in _QUOTES:
+                    self._state = _STRING
+                    self._sub = c
+                    pos += 1
+                    continue
+                elif c == 0x2D:
+                    self._state = _NUMBER
+                    self._sub = _N_SIGN
+                    pos += 1
+                    continue
+                elif 0x30 <= c <= 0x39:
+                    self._state = _NUMBER
+                    self._sub = _N_ZERO if c == 0x30 else _N_DIGITS
+                    pos += 1
+                    continue
+                elif 0x61 <= c <= 0x7A:
+                    self._state = _KEYWORD
+                    continue
+                else:
+                    pos += 1
+                    r = self._error(pos)
+            elif state == _RECOVERY:
+                m = _RECOVER.match(buf, pos)
+                assert m is not None
+                pos = m.end()
+                if pos >= n:
+                    break
+                self._state = _START
+                continue
+            elif state == _STRING:
+                tok = self._tok - base
+                m = (_DQ_BODY if self._sub == 0x22 else _SQ_BODY).match(buf, pos)
+                assert m is not None
+                pos = m.end()
+                if pos - tok > MAX_TOKEN_SIZE:
+                    pos = tok + MAX_TOKEN_SIZE + 1
+                    r = self._cut(pos)
+                elif pos >= n:
+                    break
+                elif buf[pos] == self._sub:
+                    pos += 1
+                    self._state = _START
+                    r = self._token(tok, pos)
+                elif buf[pos] == 0x5C:
+                    if pos + 1 >= n:
+                        break
+                    pos += 2
+                    r = self._error(pos)
+                else:
+                    pos += 1
+                    r = self._error(pos)
+            elif state == _KEYWORD:
+                tok = self._tok - base
+                m = _KEYWORD_RUN.match(buf, pos)
+                assert m is not None
+                pos = m.end()
+                if pos - tok > MAX_TOKEN_SIZE:
+                    pos = tok + MAX_TOKEN_SIZE + 1
+                    r = self._cut(pos)
+                elif pos >= n:
+                    break
+                else:
+                    self._state = _START
+                    r = self._token(tok, pos)
+            else:  # _NUMBER
+                r, pos = self._number(pos)
+                if r is NEED_DATA:
+                    break
+            if r is not _CONTINUE:
+                self._pos = pos + base
+                return r
+        self._pos = pos + base
+        return NEED_DATA
+
+    def _number(self, pos: int) -> tuple[Result, int]:
+        buf = self._buf
+        n = len(buf)
+        tok = self._tok - self._base
+        sub = self._sub
+        while True:
+            if pos - tok > MAX_TOKEN_SIZE:
+                pos = tok + MAX_TOKEN_SIZE + 1
+                return self._cut(pos), pos
+            if pos >= n:
+                self._sub = sub
+                return NEED_DATA, pos
+            c = buf[pos]
+            digit = 0x30 <= c <= 0x39
+            if sub in (_N_DIGITS, _N_MANT_DIGITS, _N_EXP_DIGITS) and digit:
+                m = _DIGIT_RUN.match(buf, pos)
+                assert m is not None
+                pos = m.end()
+                continue
+            nxt = -1
+            if sub == _N_SIGN:
+                nxt = _N_ZERO if c == 0x30 else (_N_DIGITS if digit else -1)
+            elif sub == _N_ZERO:
+                nxt = -1 if digit else (_N_MANT if c == 0x2E else -2)
+            elif sub == _N_DIGITS:
+                nxt = _N_EXP_E if c in (0x65, 0x45) else (_N_MANT if c == 0x2E else -2)
+            elif sub == _N_MANT:
+                nxt = _N_MANT_DIGITS if digit else -1
+            elif sub == _N_MANT_DIGITS:
+                nxt = _N_EXP_E if c in (0x65, 0x45) else -2
+            elif sub == _N_EXP_E:
+                nxt = _N_EXP_SIGN if c in (0x2B, 0x2D) else (_N_EXP_DIGITS if digit else -1)
+            elif sub == _N_EXP_SIGN:
+                nxt = _N_EXP_DIGITS if digit else -1
+            elif sub == _N_EXP_DIGITS:
+                nxt = -2
+            if nxt == -2:  # terminal: emit, byte not consumed
+                self._state = _START
+                return self._token(tok, pos), pos
+            if nxt == -1:
+                pos += 1
+                return self._error(pos), pos
+            sub = nxt
+            pos += 1
+
+    def _error(self, end: int) -> Result:
+        """A lexical error: the token so far plus the offending byte."""
+        raw = bytes(self._buf[self._tok - self._base:end])
+        self._state = _RECOVERY
+        return self._emit(ParseError(f"JSON parse error, stray '{qemu_text(raw)}'"))
+
+    def _cut(self, end: int) -> Result:
+        """A token longer than 64 MiB: passed on as is, which trips the size limit."""
+        self._state = _START
+        return self._token(self._tok - self._base, end)
+
+    def _token(self, start: int, end: int) -> Result:
+        """json_message_process_token(): depth counting, limits, and message completion."""
+        c = self._buf[start]
+        if c == _LCURLY:
+            self._brace += 1
+        elif c == _RCURLY:
+            self._brace -= 1
+        elif c == _LSQUARE:
+            self._bracket += 1
+        elif c == _RSQUARE:
+            self._bracket -= 1
+        length = end - start
+        if self._size + length + 1 > MAX_TOKEN_SIZE:
+            return self._emit(ParseError("JSON token size limit exceeded"))
+        if len(self._spans) // 2 + 1 > MAX_TOKEN_COUNT:
+            return self._emit(ParseError("JSON token count limit exceeded"))
+        if self._bracket + self._brace > MAX_NESTING:
+            return self._emit(ParseError("JSON nesting depth limit exceeded"))
+        base = self._base
+        self._spans.append(start + base)
+        self._spans.append(end + base)
+        self._size += length
+        if (self._brace > 0 or self._bracket > 0) and self._brace >= 0 and self._bracket >= 0:
+            return _CONTINUE
+        try:
+            value = parse_tokens(self._buf, self._spans, base)
+        except _Fail as e:
+            return self._emit(ParseError(f"JSON parse error, {e.args[0]}"))
+        return self._emit(value)
+
+    def _emit(self, result: Result) -> Result:
+        self._brace = self._bracket = self._size = 0
+        if self._spans:
+            self._spans = array("q")
+        return result

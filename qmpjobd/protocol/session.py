@@ -1,0 +1,38 @@
+"""Per-connection QMP state that is independent of I/O: negotiation and capabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import encode
+from .errors import QMPError
+
+CAPABILITIES: tuple[str, ...] = ("oob",)
+"""QMPCapability values in QEMU 7.2."""
+
+
+class Session:
+    """One client's view of the monitor: negotiation mode or command mode, OOB on or off."""
+
+    __slots__ = ("name", "negotiated", "offered", "oob")
+
+    def __init__(self, offered: tuple[str, ...] = CAPABILITIES, name: str = "") -> None:
+        self.offered = offered
+        self.negotiated = False
+        self.oob = False
+        self.name = name
+
+    def greeting(self, version: Any) -> bytes:
+        """The greeting line for this session."""
+        return encode.greeting(version, list(self.offered))
+
+    def negotiate(self, enable: list[str]) -> None:
+        """qmp_capabilities: QEMU's checks, in its order, then switch to command mode."""
+        if self.negotiated:
+            raise QMPError("Capabilities negotiation is already complete, command ignored",
+                           "CommandNotFound")
+        missing = [c for c in enable if c not in self.offered]
+        if missing:
+            raise QMPError(f"Capability {', '.join(missing)} not available")
+        self.oob = "oob" in enable
+        self.negotiated = True

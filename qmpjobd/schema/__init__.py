@@ -1,0 +1,21 @@
+"""The one schema of qmpjobd: every command, event and type, declared once.
+
+Validation, ``query-commands`` and ``query-qmp-schema`` are all derived from it.
+"""
+
+from __future__ import annotations
+
+from . import core
+from .model import Command, Event, Schema
+from .registry import EventSink, Handler, NullSink, Registry
+
+__all__ = ["Command", "Event", "EventSink", "Handler", "NullSink", "Registry", "Schema",
+           "build_schema"]
+
+
+def build_schema() -> Schema:
+    """Assemble the full schema from every declaring module."""
+    s = Schema()
+    core.declare(s)
+    s.check_all_refs()
+    return s

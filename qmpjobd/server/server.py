@@ -1,0 +1,207 @@
+"""The listening side: Unix (and optional TCP) sockets, the client set, event broadcast.
+
+The server is the EventSink every other part emits into: an event is encoded once, with one
+timestamp, and written to every client that has finished capabilities negotiation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from ..machine import Machine
+from ..protocol import encode
+from ..protocol.session import CAPABILITIES
+from ..schema import Registry, build_schema
+from ..schema.introspect import command_list, qmp_schema
+from .connection import Connection
+from .dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-client resource limits (all in bytes)."""
+
+    max_output: int = 16 << 20
+    """Unread output at which a client is disconnected when another event arrives."""
+    write_high: int = 1 << 20
+    """Unread output at which the client's own requests stop being processed."""
+
+
+class StartupError(Exception):
+    """The daemon cannot start (socket in use, bad address); the message says why."""
+
+
+class Server:
+    """Owns the listeners, the connections, and the command registry they dispatch into."""
+
+    def __init__(self, *, version: tuple[int, int, int] = (7, 2, 0), package: str = "",
+                 name: str | None = None, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.capabilities = CAPABILITIES
+        self.schema = build_schema()
+        self.registry = Registry(self.schema)
+        self.dispatcher = Dispatcher(self.registry)
+        self.machine = Machine(self, version, package, name, on_quit=self._on_quit)
+        self.machine.register(self.registry)
+        schema_info = qmp_schema(self.schema)
+        self.registry.register("query-qmp-schema", lambda args, session: schema_info)
+        commands = command_list(self.schema)
+        self.registry.register("query-commands", lambda args, session: commands)
+        self.greeting = encode.greeting(self.machine.version, list(self.capabilities))
+        self.connections: set[Connection] = set()
+        self._next_id = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._owned_paths: list[tuple[str, int]] = []
+        self.stopped = asyncio.Event()
+        self._all_gone = asyncio.Event()
+        self.exit_reason = ""
+
+    # -- EventSink -----------------------------------------------------------------------------
+
+    def emit(self, name: str, data: Any = None) -> None:
+        """Broadcast an event to every negotiated client, with one timestamp."""
+        line = encode.event(name, data)
+        for conn in list(self.connections):
+            conn.send_event(line)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _new_connection(self) -> Connection:
+        self._next_id += 1
+        return Connection(self, self._next_id)
+
+    def attach(self, conn: Connection) -> None:
+        """Called by a connection once it is up."""
+        self.connections.add(conn)
+
+    def detach(self, conn: Connection) -> None:
+        """Called by a connection once it is gone."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_gone.set()
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    async def listen_unix(self, path: str) -> None:
+        """Listen on a Unix socket created with mode 0600; replace it only if it is stale."""
+        _clear_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        except OSError as e:
+            sock.close()
+            raise StartupError(f"cannot bind {path}: {e.strerror}") from e
+        finally:
+            os.umask(old)
+        self._owned_paths.append((path, os.stat(path).st_ino))
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_unix_server(self._new_connection, sock=sock, backlog=1024)
+        self._servers.append(srv)
+        log.info("listening on unix:%s", path)
+
+    async def listen_tcp(self, host: str, port: int, allow_remote: bool = False) -> None:
+        """Listen on TCP; only loopback addresses unless ``allow_remote``."""
+        if not allow_remote and not _is_loopback(host):
+            raise StartupError(f"refusing to listen on non-loopback address {host} "
+                               "(QMP has no authentication; pass --tcp-allow-remote to insist)")
+        loop = asyncio.get_running_loop()
+        try:
+            srv = await loop.create_server(self._new_connection, host, port, backlog=1024)
+        except OSError as e:
+            raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+        self._servers.append(srv)
+        for s in getattr(srv, "sockets", ()):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            log.info("listening on tcp:%s:%d", *s.getsockname()[:2])
+
+    def tcp_addresses(self) -> list[tuple[str, int]]:
+        """Bound TCP addresses (useful when port 0 was asked for)."""
+        out = []
+        for srv in self._servers:
+            for s in getattr(srv, "sockets", ()):
+                if s.family in (socket.AF_INET, socket.AF_INET6):
+                    out.append(s.getsockname()[:2])
+        return out
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def _on_quit(self) -> None:
+        # The reply to quit is queued after this returns; stop once it has been written.
+        asyncio.get_running_loop().call_soon(self.request_stop, "quit")
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the daemon to stop; ``run`` returns once the clients' output is flushed."""
+        if not self.stopped.is_set():
+            self.exit_reason = reason
+            self.stopped.set()
+
+    def signal_stop(self, signame: str) -> None:
+        """SIGTERM/SIGINT: tell every client, as QEMU does, then stop."""
+        log.info("received %s, shutting down", signame)
+        self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+        self.request_stop(signame)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop listening, flush and close every client, remove our socket files."""
+        for srv in self._servers:
+            srv.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self.connections:
+            self._all_gone.clear()
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), grace)
+            except TimeoutError:
+                for conn in list(self.connections):
+                    conn.abort()
+        self._servers.clear()
+        for path, ino in self._owned_paths:
+            try:
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+                else:
+                    log.warning("socket %s was replaced by someone else; leaving it", path)
+            except FileNotFoundError:
+                log.warning("socket %s was removed by someone else", path)
+        self._owned_paths.clear()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _clear_stale_socket(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            log.info("removing stale socket %s", path)
+            os.unlink(path)
+            return
+        raise StartupError(f"cannot check {path}: {e.strerror}") from e
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is in use by another server")
