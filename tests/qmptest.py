@@ -1,0 +1,170 @@
+"""Test helpers: start real daemons (qmpjobd, QEMU 7.2) and talk raw QMP to them over sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+QEMU = shutil.which("qemu-system-x86_64")
+NO_QEMU_REASON = "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+
+
+def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Block until something accepts connections on ``path`` (or the process dies)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                return
+        except OSError:
+            # nothing to wait on but the file system: poll the socket path
+            time.sleep(0.01)
+    raise TimeoutError(f"nothing listening on {path} after {timeout}s")
+
+
+class Daemon:
+    """A qmpjobd (or QEMU) process started for one test."""
+
+    def __init__(self, argv: list[str], path: str) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for_socket(path, self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the process and wait for it; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def start_qmpjobd(tmp: str, *extra: str, name: str = "qmpjobd.sock") -> Daemon:
+    path = os.path.join(tmp, name)
+    argv = [sys.executable, "-m", "qmpjobd", "--socket", path, "--log-level", "warning", *extra]
+    return Daemon(argv, path)
+
+
+def start_qemu(tmp: str) -> Daemon:
+    assert QEMU is not None
+    path = os.path.join(tmp, "qemu.sock")
+    argv = [QEMU, "-M", "none", "-nodefaults", "-display", "none",
+            "-qmp", f"unix:{path},server=on,wait=off"]
+    return Daemon(argv, path)
+
+
+class Client:
+    """A raw QMP client over a real Unix socket: send bytes, read parsed lines."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.raw_lines: list[bytes] = []
+        self.greeting = self.recv()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        self.raw_lines.append(line)
+        return line
+
+    def recv(self) -> Any:
+        return orjson.loads(self.recv_line())
+
+    def recv_reply(self) -> Any:
+        """Next message that is not an event."""
+        while True:
+            msg = self.recv()
+            if "event" not in msg:
+                return msg
+
+    def cmd(self, name: str, args: dict[str, Any] | None = None, **extra: Any) -> Any:
+        req: dict[str, Any] = {"execute": name, **extra}
+        if args is not None:
+            req["arguments"] = args
+        self.send(orjson.dumps(req) + b"\n")
+        return self.recv_reply()
+
+    def negotiate(self, *caps: str) -> None:
+        reply = self.cmd("qmp_capabilities", {"enable": list(caps)} if caps else None)
+        assert reply == {"return": {}}, reply
+
+    def exchange(self, data: bytes, sentinel_id: str = "__end__") -> list[Any]:
+        """Send ``data`` then a sentinel query-name; return every message before its reply."""
+        self.send(data + b'\n{"execute":"query-name","id":"' + sentinel_id.encode() + b'"}\n')
+        out = []
+        while True:
+            msg = self.recv()
+            if msg.get("id") == sentinel_id and ("return" in msg or "error" in msg):
+                return out
+            out.append(msg)
+
+
+def strip_volatile(msgs: list[Any]) -> list[Any]:
+    """Drop what legitimately differs between QEMU and qmpjobd: timestamps."""
+    out = []
+    for m in msgs:
+        if isinstance(m, dict) and "timestamp" in m:
+            m = {k: v for k, v in m.items() if k != "timestamp"}
+        out.append(m)
+    return out
+
+
+@contextmanager
+def connected(path: str, *caps: str, negotiate: bool = True) -> Iterator[Client]:
+    c = Client(path)
+    try:
+        if negotiate:
+            c.negotiate(*caps)
+        yield c
+    finally:
+        c.close()
