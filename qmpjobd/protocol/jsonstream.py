@@ -319,7 +319,8 @@ _CONTINUE: Final = object()
 class JSONStream:
     """Incremental QMP input reader: ``feed()`` bytes, then call ``next()`` until NEED_DATA."""
 
-    def __init__(self) -> None:
+    def __init__(self, fast: bool = True) -> None:
+        self._fast_ok = fast
         self._buf = bytearray()
         self._base = 0          # absolute offset of _buf[0]
         self._pos = 0           # absolute lexing position
@@ -341,7 +342,7 @@ class JSONStream:
 
     def reset(self) -> None:
         """Forget everything, as QEMU does when a client disconnects."""
-        self.__init__()  # type: ignore[misc]
+        self.__init__(self._fast_ok)  # type: ignore[misc]
 
     def buffered(self) -> int:
         """Bytes received but not yet turned into messages."""
@@ -357,7 +358,9 @@ class JSONStream:
     def next(self) -> Result:
         """Return the next complete message or ParseError, or NEED_DATA."""
         if self._state == _START and not self._spans:
-            r = self._fast()
+            if self._pos - self._base == len(self._buf):
+                return NEED_DATA
+            r = self._fast() if self._fast_ok else NEED_DATA
             if r is not NEED_DATA:
                 return r
         r = self._lex()
@@ -379,10 +382,11 @@ class JSONStream:
     def _fast(self) -> Result:
         buf = self._buf
         start = self._pos - self._base
-        m = _WS.match(buf, start)
-        assert m is not None
-        start = m.end()
-        self._pos = self._base + start
+        if buf[start] != _LCURLY:
+            m = _WS.match(buf, start)
+            assert m is not None
+            start = m.end()
+            self._pos = self._base + start
         if start >= len(buf):
             if start:
                 buf.clear()
@@ -403,8 +407,14 @@ class JSONStream:
                 value = orjson.loads(chunk)
             except orjson.JSONDecodeError:
                 return NEED_DATA
-        if (type(value) is not dict or not chunk.isascii() or b"\\" in chunk
-                or chunk.count(b":") != _count_keys(value)):
+        if type(value) is not dict or not chunk.isascii() or b"\\" in chunk:
+            return NEED_DATA
+        keys = len(value)
+        for member in value.values():
+            if type(member) is dict or type(member) is list:
+                keys = _count_keys(value)
+                break
+        if chunk.count(b":") != keys:
             return NEED_DATA
         self._pos += len(chunk)
         if self._pos - self._base == len(buf):

@@ -314,7 +314,11 @@ class Schema:
 
     def check_arguments(self, command: Command, args: dict[str, Any]) -> dict[str, Any]:
         """Validate a command's arguments as QEMU's generated marshaller does."""
-        typ = self.types[command.args] if command.args else self.types["q_empty"]
+        if command.args is None:
+            if args:
+                raise QMPError(f"Parameter '{next(iter(args))}' is unexpected")
+            return args
+        typ = self.types[command.args]
         assert isinstance(typ, Object)
         return typ.visit_members(self, args, "")
 

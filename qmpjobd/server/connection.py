@@ -143,7 +143,8 @@ class Connection(asyncio.Protocol):
             self._out = None
             if out and self.transport is not None and not self.closed:
                 self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-        self._flow_control()
+        if self.busy or self.write_paused or self.read_paused:
+            self._flow_control()
 
     def _execute(self, item: Any, dispatcher: Any, session: Session, out: list[bytes],
                  oob: bool) -> None:

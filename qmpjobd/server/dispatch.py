@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 NEGOTIATION_DESC = "Expecting capabilities negotiation with 'qmp_capabilities'"
 
 Outcome = bytes | Coroutine[Any, Any, bytes]
+_PLAIN = frozenset((dict, list, str, int, float, bool))
 
 
 class Dispatcher:
@@ -55,7 +56,7 @@ class Dispatcher:
         except Exception:
             log.exception("command %s failed", req.command)
             return self._error(QMPError(f"internal error in {req.command}"), req, session)
-        if inspect.isawaitable(ret):
+        if ret is not None and type(ret) not in _PLAIN and inspect.isawaitable(ret):
             return self._finish(ret, req, session)
         return encode.reply({} if ret is None else ret, req.id, req.has_id)
 

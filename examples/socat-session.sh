@@ -1,0 +1,8 @@
+#!/bin/sh
+# A raw QMP conversation with socat: negotiate, ask for the status, stop (STOP event first).
+SOCK=${1:-/tmp/qmpjobd.sock}
+printf '%s\n' \
+  '{"execute":"qmp_capabilities"}' \
+  '{"execute":"query-status","id":1}' \
+  '{"execute":"stop","id":2}' \
+  '{"execute":"cont","id":3}' | socat -t 1 - "UNIX-CONNECT:$SOCK"
