@@ -90,8 +90,11 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.signal_stop, sig.name)
+    path = args.socket or default_socket()
+    if args.socket is None:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     try:
-        await server.listen_unix(args.socket or default_socket())
+        await server.listen_unix(path)
         for host, port in args.tcp:
             await server.listen_tcp(host, port, args.tcp_allow_remote)
     except StartupError as e:
