@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -68,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def tune_malloc() -> None:
+    """Serve big buffers from mmap so memory goes back to the OS once a huge message is done.
+
+    glibc otherwise raises its mmap threshold after the first large free (up to 32 MiB), and
+    later multi-megabyte messages then stay in the heap; RSS would not come back down.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 256 * 1024)
+    mallopt(m_trim_threshold, 1024 * 1024)
+
+
 def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
     """The event loop constructor to use, and its name for the log."""
     if kind in ("auto", "uvloop"):
@@ -112,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_malloc()
     factory, loop_name = loop_factory(args.loop)
     log.info("qmpjobd %s on %s", __version__, loop_name)
     runner_args: dict[str, Any] = {"loop_factory": factory}

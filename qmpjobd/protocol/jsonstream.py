@@ -176,23 +176,23 @@ def _parse_string_slow(raw: bytes) -> str:
     return "".join(out)
 
 
-def _parse_string(raw: bytes) -> str:
-    body = raw[1:-1]
-    if b"\\" not in body:
-        try:
-            s = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return _parse_string_slow(raw)
-        if s.isascii() or not _NONCHAR.search(s):
-            return s
-        raise _Fail("invalid UTF-8 sequence in string")
-    return _parse_string_slow(raw)
+def _string_at(buf: bytes | bytearray, start: int, end: int) -> str:
+    """A string token decoded straight from the input buffer (no copy for plain strings)."""
+    if buf.find(b"\\", start, end) < 0:
+        with memoryview(buf) as mv:
+            try:
+                s = str(mv[start + 1:end - 1], "utf-8")
+            except UnicodeDecodeError:
+                s = None
+        if s is not None:
+            if s.isascii() or not _NONCHAR.search(s):
+                return s
+            raise _Fail("invalid UTF-8 sequence in string")
+    return _parse_string_slow(bytes(buf[start:end]))
 
 
 def _parse_scalar(raw: bytes) -> Any:
     c = raw[0]
-    if c in _QUOTES:
-        return _parse_string(raw)
     if c == 0x2D or 0x30 <= c <= 0x39:
         if b"." in raw or b"e" in raw or b"E" in raw:
             return float(raw)
@@ -226,8 +226,9 @@ def parse_tokens(buf: bytes | bytearray, spans: array[int], base: int) -> Any:
         if need_value:
             if i >= n:
                 raise _Fail("premature EOI")
-            t = tok(i)
-            c = t[0]
+            start = spans[2 * i] - base
+            end = spans[2 * i + 1] - base
+            c = buf[start]
             i += 1
             if c in (_LCURLY, _LSQUARE):
                 if i >= n:
@@ -241,8 +242,10 @@ def parse_tokens(buf: bytes | bytearray, spans: array[int], base: int) -> Any:
                     continue
             elif c in _STRUCTURAL:
                 raise _Fail("expecting value")
+            elif c in _QUOTES:
+                value = _string_at(buf, start, end)
             else:
-                value = _parse_scalar(t)
+                value = _parse_scalar(bytes(buf[start:end]))
         need_value = False
         if not stack:
             return value
@@ -375,8 +378,11 @@ class JSONStream:
         else:
             keep = self._pos
         drop = keep - self._base
-        if drop > 65536 or (drop and drop == len(self._buf)):
-            del self._buf[:drop]
+        if drop and drop == len(self._buf):
+            self._buf = bytearray()  # releases a large buffer at once
+            self._base += drop
+        elif drop > 65536:
+            self._buf = self._buf[drop:]  # a new, smaller buffer; the big one is freed
             self._base += drop
 
     def _fast(self) -> Result:
