@@ -483,9 +483,7 @@ class JSONStream:
                 continue
             elif state == _STRING:
                 tok = self._tok - base
-                m = (_DQ_BODY if self._sub == 0x22 else _SQ_BODY).match(buf, pos)
-                assert m is not None
-                pos = m.end()
+                pos = self._run(_DQ_BODY if self._sub == 0x22 else _SQ_BODY, pos)
                 if pos - tok > MAX_TOKEN_SIZE:
                     pos = tok + MAX_TOKEN_SIZE + 1
                     r = self._cut(pos)
@@ -505,9 +503,7 @@ class JSONStream:
                     r = self._error(pos)
             elif state == _KEYWORD:
                 tok = self._tok - base
-                m = _KEYWORD_RUN.match(buf, pos)
-                assert m is not None
-                pos = m.end()
+                pos = self._run(_KEYWORD_RUN, pos)
                 if pos - tok > MAX_TOKEN_SIZE:
                     pos = tok + MAX_TOKEN_SIZE + 1
                     r = self._cut(pos)
@@ -525,6 +521,12 @@ class JSONStream:
                 return r
         self._pos = pos + base
         return NEED_DATA
+
+    def _run(self, pattern: re.Pattern[bytes], pos: int) -> int:
+        """The end of the run of bytes ``pattern`` accepts from ``pos``."""
+        m = pattern.match(self._buf, pos)
+        assert m is not None
+        return m.end()
 
     def _number(self, pos: int) -> tuple[Result, int]:
         buf = self._buf
