@@ -43,6 +43,8 @@ class Connection(asyncio.Protocol):
         self.read_paused = False
         self._out: list[bytes] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        """Log traffic (``<--`` in, ``-->`` out); checked once so the hot path stays cheap."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -55,6 +57,8 @@ class Connection(asyncio.Protocol):
         log.debug("conn%d: connected", self.id)
 
     def data_received(self, data: bytes) -> None:
+        if self.debug:
+            log.debug("conn%d <-- %r", self.id, data)
         self.stream.feed(data)
         self._pump()
 
@@ -84,6 +88,8 @@ class Connection(asyncio.Protocol):
         if self._out is not None:
             self._out.append(data)
         else:
+            if self.debug:
+                log.debug("conn%d --> %r", self.id, data)
             self.transport.write(data)
 
     def send_event(self, data: bytes) -> None:
@@ -142,7 +148,10 @@ class Connection(asyncio.Protocol):
         finally:
             self._out = None
             if out and self.transport is not None and not self.closed:
-                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+                data = b"".join(out) if len(out) > 1 else out[0]
+                if self.debug:
+                    log.debug("conn%d --> %r", self.id, data)
+                self.transport.write(data)
         if self.busy or self.write_paused or self.read_paused:
             self._flow_control()
 
