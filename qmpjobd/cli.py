@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=int, default=Limits.max_output, metavar="BYTES",
                    help="unread output after which a client is disconnected "
                         f"(default {Limits.max_output})")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="load a plug-in (a module name or a .py file) and call its "
+                        "register(server); repeatable")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--log-level", default="info",
@@ -86,6 +91,19 @@ def tune_malloc() -> None:
     mallopt(m_trim_threshold, 1024 * 1024)
 
 
+def load_plugin(spec: str) -> Any:
+    """Import a plug-in given as a module name or a path to a .py file."""
+    if spec.endswith(".py") or os.sep in spec:
+        name = "qmpjobd_plugin_" + os.path.splitext(os.path.basename(spec))[0]
+        loader = importlib.util.spec_from_file_location(name, spec)
+        if loader is None or loader.loader is None:
+            raise ImportError(f"cannot load {spec}")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        return module
+    return importlib.import_module(spec)
+
+
 def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
     """The event loop constructor to use, and its name for the log."""
     if kind in ("auto", "uvloop"):
@@ -105,6 +123,12 @@ async def serve(args: argparse.Namespace) -> int:
     package = f"qmpjobd {__version__}"
     server = Server(version=args.qemu_version, package=package, name=args.name,
                     limits=Limits(max_output=args.max_output))
+    try:
+        for spec in args.plugin:
+            load_plugin(spec).register(server)
+    except Exception as e:  # a broken plug-in: say which and why, then exit 1
+        log.error("cannot load plug-in: %s: %s", type(e).__name__, e)
+        return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.signal_stop, sig.name)

@@ -5,7 +5,7 @@ Validation, ``query-commands`` and ``query-qmp-schema`` are all derived from it.
 
 from __future__ import annotations
 
-from . import core
+from . import core, jobs
 from .model import Command, Event, Schema
 from .registry import EventSink, Handler, NullSink, Registry
 
@@ -17,5 +17,6 @@ def build_schema() -> Schema:
     """Assemble the full schema from every declaring module."""
     s = Schema()
     core.declare(s)
+    jobs.declare(s)
     s.check_all_refs()
     return s

@@ -16,11 +16,14 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from ..jobs import JobRegistry
+from ..jobs import commands as job_commands
 from ..machine import Machine
 from ..protocol import encode
 from ..protocol.session import CAPABILITIES
 from ..schema import Registry, build_schema
 from ..schema.introspect import command_list, qmp_schema
+from ..schema.model import Enum
 from .connection import Connection
 from .dispatch import Dispatcher
 
@@ -53,10 +56,11 @@ class Server:
         self.dispatcher = Dispatcher(self.registry)
         self.machine = Machine(self, version, package, name, on_quit=self._on_quit)
         self.machine.register(self.registry)
-        schema_info = qmp_schema(self.schema)
-        self.registry.register("query-qmp-schema", lambda args, session: schema_info)
-        commands = command_list(self.schema)
-        self.registry.register("query-commands", lambda args, session: commands)
+        self.jobs = JobRegistry(self)
+        job_commands.register(self.registry, self.jobs)
+        self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
+        self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
+        self.registry.register("query-commands", lambda args, session: self._introspect()[1])
         self.greeting = encode.greeting(self.machine.version, list(self.capabilities))
         self.connections: set[Connection] = set()
         self._next_id = 0
@@ -65,6 +69,14 @@ class Server:
         self.stopped = asyncio.Event()
         self._all_gone = asyncio.Event()
         self.exit_reason = ""
+
+    def _introspect(self) -> tuple[list[Any], list[dict[str, str]]]:
+        """query-qmp-schema and query-commands, recomputed only when plug-ins add to the schema."""
+        key = len(self.schema.entities) + sum(
+            len(t.values) for t in self.schema.types.values() if isinstance(t, Enum))
+        if self._intro is None or self._intro[0] != key:
+            self._intro = (key, qmp_schema(self.schema), command_list(self.schema))
+        return self._intro[1], self._intro[2]
 
     # -- EventSink -----------------------------------------------------------------------------
 

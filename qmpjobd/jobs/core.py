@@ -1,0 +1,495 @@
+"""Jobs with QEMU 7.2's semantics: the Job base class, transactions and the registry.
+
+The model follows job.c (jobs.md §6-§9, §12b): a pause counter plus a user-paused flag, soft
+and forced cancel, deferred completion, transactions processed newest member first,
+auto-finalize and auto-dismiss.  Every status change goes through
+:meth:`JobRegistry.transition`, which checks the transition table and emits
+JOB_STATUS_CHANGE.  Each job's work runs as an asyncio task and reacts to pause and cancel at
+its pause points; commands that only signal a job (pause, resume, cancel, complete,
+set-speed) reply first, and the job's reaction follows as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from typing import Any, ClassVar
+
+from ..protocol.errors import QMPError
+from ..schema import EventSink
+from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, VERB_ALLOWED
+
+log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
+CANCELED = "Operation canceled"
+
+
+class JobError(Exception):
+    """Raised by a job's ``run`` to fail it; the message becomes the job's ``error``."""
+
+
+class JobCancelled(Exception):
+    """Raised inside ``run`` at a pause point once the job has been force-cancelled."""
+
+
+class Txn:
+    """A job transaction: members listed newest first, as QEMU's JobTxn."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.aborting = False
+
+
+class Job:
+    """Base class of every job type.  Subclass it and implement :meth:`run`.
+
+    In ``run``: call :meth:`pause_point` (or :meth:`sleep`, :meth:`rate_limit`) often, so that
+    pause and cancel take effect; report progress with :meth:`set_progress`; raise
+    :class:`JobError` to fail.  A job that keeps working until told to finish (like a mirror)
+    calls :meth:`set_ready` and overrides :meth:`complete`.
+    """
+
+    job_type: ClassVar[str] = "create"
+    """The JobType reported in query-jobs and events."""
+
+    def __init__(self, job_id: str, *, auto_finalize: bool = True, auto_dismiss: bool = True,
+                 speed: int = 0) -> None:
+        self.id = job_id
+        self.auto_finalize = auto_finalize
+        self.auto_dismiss = auto_dismiss
+        self.speed = speed
+        self.status = "undefined"
+        self.current_progress = 0
+        self.total_progress = 0
+        self.pause_count = 1  # created paused; start() drops it to 0
+        self.user_paused = False
+        self.cancelled = False
+        self.force_cancel = False
+        self.deferred = False
+        self.started = False
+        self.busy = False
+        self.ret = 0
+        self.error: str | None = None
+        self.io_status = "ok"
+        self.txn = Txn()
+        self.registry: JobRegistry | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready_sent = False
+        self._slice_start = 0.0
+        self._slice_bytes = 0
+
+    # -- what a job type implements --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Do the job's work.  Return normally on success."""
+        raise NotImplementedError
+
+    def cancel_mode(self, force: bool) -> bool:
+        """Decide whether a cancel request is forced (QEMU's driver ``cancel`` hook)."""
+        return True
+
+    def complete(self) -> None:
+        """job-complete on a ready job; raise QMPError to refuse.  Default: not completable."""
+        raise QMPError(f"The active block job '{self.id}' cannot be completed")
+
+    can_complete: ClassVar[bool] = False
+    """Whether the type implements completion (mirror-like jobs)."""
+
+    def prepare(self) -> None:
+        """First finalization step (may raise JobError to abort the transaction)."""
+
+    def commit(self) -> None:
+        """Apply the job's result (success)."""
+
+    def abort(self) -> None:
+        """Undo the job's effects (failure or cancel)."""
+
+    def clean(self) -> None:
+        """Release resources, after commit or abort."""
+
+    # -- helpers for run() -----------------------------------------------------------------
+
+    @property
+    def is_block_job(self) -> bool:
+        """Block jobs appear in query-block-jobs and emit BLOCK_JOB_* events."""
+        return self.job_type in BLOCK_JOB_TYPES
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Force-cancelled: the job should stop (job_is_cancelled)."""
+        return self.cancelled and self.force_cancel
+
+    @property
+    def should_pause(self) -> bool:
+        """A pause has been requested and not yet released."""
+        return self.pause_count > 0
+
+    def set_progress(self, current: int, total: int | None = None) -> None:
+        """Report progress (arbitrary units; only the ratio matters)."""
+        self.current_progress = current
+        if total is not None:
+            self.total_progress = total
+
+    def set_ready(self) -> None:
+        """Enter ``ready`` (source and target in sync); BLOCK_JOB_READY is sent once."""
+        reg = self._reg()
+        reg.transition(self, "ready")
+        if self.is_block_job and not self._ready_sent:
+            self._ready_sent = True
+            reg.events.emit("BLOCK_JOB_READY", self.block_event_data())
+
+    async def pause_point(self) -> None:
+        """Pause here while a pause is requested; raise JobCancelled once force-cancelled."""
+        if self.should_pause and not self.is_cancelled:
+            reg = self._reg()
+            before = self.status
+            reg.transition(self, "standby" if before == "ready" else "paused")
+            self.busy = False
+            while self.should_pause and not self.is_cancelled:
+                await self._wait()
+            self.busy = True
+            reg.transition(self, before)
+        if self.is_cancelled:
+            raise JobCancelled
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, waking early for cancel, pause or a speed change; then a pause point."""
+        if not self.is_cancelled and not self.should_pause:
+            self.busy = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait(), seconds)
+            self.busy = True
+        await self.pause_point()
+
+    async def rate_limit(self, nbytes: int) -> None:
+        """Account for ``nbytes`` of work under ``speed`` (100 ms slices, as QEMU)."""
+        loop = asyncio.get_running_loop()
+        if self.speed <= 0:
+            self._slice_bytes = 0
+            await self.pause_point()
+            return
+        now = loop.time()
+        if now - self._slice_start >= 0.1:
+            self._slice_start, self._slice_bytes = now, 0
+        self._slice_bytes += nbytes
+        quota = max(1, self.speed // 10)
+        while self._slice_bytes > quota and self.speed > 0:
+            delay = self._slice_start + 0.1 * (self._slice_bytes // quota) - loop.time()
+            if delay <= 0:
+                break
+            await self.sleep(delay)
+            if self.speed > 0:
+                quota = max(1, self.speed // 10)
+        await self.pause_point()
+
+    def block_event_data(self) -> dict[str, Any]:
+        """``device, len, offset, speed, type`` as in BLOCK_JOB_* events."""
+        return {"device": self.id, "len": self.total_progress, "offset": self.current_progress,
+                "speed": self.speed, "type": self.job_type}
+
+    def wake(self) -> None:
+        """Wake the job if it waits at a pause point or sleeps."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _wait(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        await self._wake.wait()
+        self._wake.clear()
+
+    def _reg(self) -> JobRegistry:
+        assert self.registry is not None, "job is not registered"
+        return self.registry
+
+
+class JobRegistry:
+    """All jobs with an id, newest first; the one place that changes a job's status."""
+
+    def __init__(self, events: EventSink) -> None:
+        self.events = events
+        self.jobs: list[Job] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lookup and creation ---------------------------------------------------------------
+
+    def find(self, job_id: str) -> Job | None:
+        """The job with this id, concluded ones included."""
+        for job in self.jobs:
+            if job.id == job_id:
+                return job
+        return None
+
+    def get(self, job_id: str) -> Job:
+        """job-* lookup: GenericError ``Job not found``."""
+        job = self.find(job_id)
+        if job is None:
+            raise QMPError("Job not found")
+        return job
+
+    def get_block(self, job_id: str) -> Job:
+        """block-job-* lookup: DeviceNotActive ``Block job '<id>' not found``."""
+        job = self.find(job_id)
+        if job is None or not job.is_block_job:
+            raise QMPError(f"Block job '{job_id}' not found", "DeviceNotActive")
+        return job
+
+    def create(self, job: Job, txn: Txn | None = None) -> None:
+        """Register a new job in ``created`` (job_create)."""
+        if not _JOB_ID.match(job.id):
+            raise QMPError(f"Invalid job ID '{job.id}'")
+        if self.find(job.id) is not None:
+            raise QMPError(f"Job ID '{job.id}' already in use")
+        job.registry = self
+        if txn is not None:
+            job.txn = txn
+        job.txn.jobs.insert(0, job)
+        self.jobs.insert(0, job)
+        self.transition(job, "created")
+        if job.speed < 0:
+            self.dismiss_now(job)
+            raise QMPError("Parameter 'speed' expects a non-negative value")
+
+    def start(self, job: Job) -> None:
+        """Start a created job: ``running``, and its work as a task (job_start)."""
+        job.started = True
+        job.busy = True
+        job.pause_count -= 1
+        self.transition(job, "running")
+        task = asyncio.get_running_loop().create_task(self._drive(job), name=f"job {job.id}")
+        job._task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the state machine -----------------------------------------------------------------
+
+    def transition(self, job: Job, status: str) -> None:
+        """Apply a transition from the table; JOB_STATUS_CHANGE only on a real change."""
+        if status not in TRANSITIONS[job.status]:
+            raise AssertionError(f"job {job.id}: illegal transition {job.status} -> {status}")
+        if status == job.status:
+            return
+        job.status = status
+        self.events.emit("JOB_STATUS_CHANGE", {"status": status, "id": job.id})
+
+    @staticmethod
+    def check_verb(job: Job, verb: str) -> None:
+        """Refuse a verb the verb table does not allow in the job's status."""
+        if job.status not in VERB_ALLOWED[verb]:
+            raise QMPError(f"Job '{job.id}' in state '{job.status}' cannot accept command "
+                           f"verb '{verb}'")
+
+    # -- verbs -----------------------------------------------------------------------------
+
+    def user_pause(self, job: Job) -> None:
+        """job-pause / block-job-pause."""
+        self.check_verb(job, "pause")
+        if job.user_paused:
+            raise QMPError("Job is already paused")
+        job.user_paused = True
+        self.pause(job)
+
+    def user_resume(self, job: Job) -> None:
+        """job-resume / block-job-resume (the 'not paused' check comes before the verb)."""
+        if not job.user_paused or job.pause_count <= 0:
+            raise QMPError("Can't resume a job that was not paused")
+        self.check_verb(job, "resume")
+        job.io_status = "ok"
+        job.user_paused = False
+        self.resume(job)
+
+    def pause(self, job: Job) -> None:
+        """An internal pause (counted, no user flag)."""
+        job.pause_count += 1
+        job.wake()
+
+    def resume(self, job: Job) -> None:
+        """Release one pause; the job continues when none is left."""
+        job.pause_count -= 1
+        if job.pause_count == 0:
+            job.wake()
+
+    def user_cancel(self, job: Job, force: bool) -> None:
+        """job-cancel (always forced) / block-job-cancel."""
+        self.check_verb(job, "cancel")
+        self.cancel(job, force)
+
+    def cancel(self, job: Job, force: bool) -> None:
+        """job_cancel(): ask the job to stop, or abort its transaction if its work is done."""
+        if job.status == "concluded":
+            self.dismiss_now(job)
+            return
+        self._cancel_async(job, force)
+        if not job.started:
+            self._completed(job)
+        elif job.deferred:
+            if job.is_cancelled:
+                self._txn_abort(job)
+        else:
+            job.wake()
+
+    def _cancel_async(self, job: Job, force: bool) -> None:
+        force = job.cancel_mode(force)
+        if job.user_paused:
+            job.user_paused = False
+            job.io_status = "ok"
+            job.pause_count -= 1
+        if force or not job.deferred:  # a soft cancel of a finished job is ignored
+            job.cancelled = True
+            job.force_cancel |= force
+
+    def user_complete(self, job: Job) -> None:
+        """job-complete / block-job-complete."""
+        self.check_verb(job, "complete")
+        if job.cancelled or not job.can_complete:
+            raise QMPError(f"The active block job '{job.id}' cannot be completed")
+        job.complete()
+        job.wake()
+
+    def set_speed(self, job: Job, speed: int) -> None:
+        """block-job-set-speed."""
+        self.check_verb(job, "set-speed")
+        if speed < 0:
+            raise QMPError("Parameter 'speed' expects a non-negative value")
+        job.speed = speed
+        job.wake()
+
+    def user_finalize(self, job: Job) -> None:
+        """job-finalize / block-job-finalize: finalize the whole transaction."""
+        self.check_verb(job, "finalize")
+        self._do_finalize(job)
+
+    def user_dismiss(self, job: Job) -> None:
+        """job-dismiss / block-job-dismiss."""
+        self.check_verb(job, "dismiss")
+        self.dismiss_now(job)
+
+    def dismiss_now(self, job: Job) -> None:
+        """job_do_dismiss(): ``null`` and gone."""
+        job.busy = False
+        job.deferred = True
+        if job in job.txn.jobs:
+            job.txn.jobs.remove(job)
+        self.transition(job, "null")
+        if job in self.jobs:
+            self.jobs.remove(job)
+
+    # -- completion ------------------------------------------------------------------------
+
+    async def _drive(self, job: Job) -> None:
+        try:
+            await job.run()
+        except JobCancelled:
+            pass
+        except JobError as e:
+            job.ret, job.error = -1, str(e) or "Input/output error"
+        except Exception as e:  # a bug in a job type must not take the daemon down
+            log.exception("job %s failed", job.id)
+            job.ret, job.error = -1, f"{type(e).__name__}: {e}"
+        job.busy = False
+        job.deferred = True
+        self._completed(job)
+
+    def _update_rc(self, job: Job) -> None:
+        if not job.ret and job.is_cancelled:
+            job.ret = -1
+            job.error = job.error or CANCELED
+        if job.ret:
+            job.error = job.error or "Input/output error"
+            self.transition(job, "aborting")
+
+    def _completed(self, job: Job) -> None:
+        self._update_rc(job)
+        if job.ret:
+            self._txn_abort(job)
+        else:
+            self._txn_success(job)
+
+    def _txn_success(self, job: Job) -> None:
+        self.transition(job, "waiting")
+        txn = job.txn
+        if any(j.status not in COMPLETED_STATUSES for j in txn.jobs):
+            return
+        for j in list(txn.jobs):
+            self.transition(j, "pending")
+            if not j.auto_finalize and j.is_block_job:
+                self.events.emit("BLOCK_JOB_PENDING", {"type": j.job_type, "id": j.id})
+        if all(j.auto_finalize for j in txn.jobs):
+            self._do_finalize(job)
+
+    def _do_finalize(self, job: Job) -> None:
+        txn = job.txn
+        for j in list(txn.jobs):
+            if j.ret == 0:
+                try:
+                    j.prepare()
+                except JobError as e:
+                    j.ret, j.error = -1, str(e)
+                    self._update_rc(j)
+                    self._txn_abort(job)
+                    return
+        for j in list(txn.jobs):
+            self._finalize_single(j)
+
+    def _finalize_single(self, job: Job) -> None:
+        self._update_rc(job)
+        try:
+            if job.ret == 0:
+                job.commit()
+            else:
+                job.abort()
+            job.clean()
+        except Exception:
+            log.exception("job %s: finalization hook failed", job.id)
+        if job.started and job.is_block_job:
+            data = job.block_event_data()
+            if job.is_cancelled:
+                self.events.emit("BLOCK_JOB_CANCELLED", data)
+            else:
+                if job.ret:
+                    data["error"] = job.error
+                self.events.emit("BLOCK_JOB_COMPLETED", data)
+        if job in job.txn.jobs:
+            job.txn.jobs.remove(job)
+        self.transition(job, "concluded")
+        if job.auto_dismiss or not job.started:
+            self.dismiss_now(job)
+
+    def _txn_abort(self, job: Job) -> None:
+        txn = job.txn
+        if txn.aborting:
+            return
+        txn.aborting = True
+        for other in list(txn.jobs):
+            if other is not job:
+                self._cancel_async(other, True)
+                other.wake()
+        running = [j._task for j in txn.jobs
+                   if j.started and j.status not in COMPLETED_STATUSES and j._task is not None]
+        if running:
+            task = asyncio.get_running_loop().create_task(self._abort_after(txn, running))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._abort_finish(txn)
+
+    async def _abort_after(self, txn: Txn, tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._abort_finish(txn)
+
+    def _abort_finish(self, txn: Txn) -> None:
+        while txn.jobs:
+            other = txn.jobs[0]
+            if other.status not in COMPLETED_STATUSES:
+                other.deferred = True
+                self._update_rc(other)
+            self._finalize_single(other)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job task is running (used at shutdown and by tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
