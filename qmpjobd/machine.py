@@ -19,7 +19,7 @@ class Machine:
     """Run state and identity of the daemon as a QMP client sees them."""
 
     def __init__(self, events: EventSink, version: tuple[int, int, int], package: str,
-                 name: str | None = None, on_quit: Callable[[], None] | None = None) -> None:
+                 name: str | None = None, on_quit: Callable[[], Any] | None = None) -> None:
         self.events = events
         self.status = "running"
         self.name = name
@@ -85,7 +85,8 @@ class Machine:
         """quit: SHUTDOWN to everyone, then the reply, then the daemon exits."""
         self.events.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
         if self.on_quit is not None:
-            self.on_quit()
+            return self.on_quit()  # may be awaitable: the reply waits for it
+        return None
 
     def yank(self, args: dict[str, Any], session: Session) -> Any:
         """yank: there are no yank instances, so any named one is not found."""

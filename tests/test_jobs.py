@@ -483,3 +483,41 @@ def test_bad_plugin_fails_startup(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "qmpjobd", "--socket", str(tmp_path / "s.sock"),
                         "--plugin", str(bad)], capture_output=True, timeout=20)
     assert r.returncode == 1 and b"broken" in r.stderr
+
+
+def test_quit_cancels_live_jobs_before_replying(tmp_path: Path) -> None:
+    d = start_qmpjobd(str(tmp_path), "--plugin", EXAMPLE)
+    with Client(d.path) as c:
+        c.negotiate()
+        c.cmd("x-countdown", {"job-id": "done", "steps": 1, "auto-dismiss": False})
+        _until_event(c, "concluded", "done")
+        c.cmd("x-countdown", {"job-id": "live", "steps": 100000, "interval": 0.01})
+        c.send(b'{"execute":"quit","id":"q"}\n')
+        msgs = []
+        while True:
+            m = c.recv()
+            msgs.append(m)
+            if "return" in m:
+                break
+        seen = [m.get("event") if m.get("event") != "JOB_STATUS_CHANGE" else
+                (m["data"]["id"], m["data"]["status"]) for m in msgs]
+        # SHUTDOWN first; newest job first: the live one is aborted, the concluded one
+        # dismissed; the reply last
+        assert seen == ["SHUTDOWN", ("live", "aborting"), ("live", "concluded"),
+                        ("live", "null"), ("done", "null"), None]
+        assert msgs[-1] == {"return": {}, "id": "q"}
+    assert d.proc.wait(10) == 0
+
+
+def test_sigterm_cancels_live_jobs(tmp_path: Path) -> None:
+    import signal
+    d = start_qmpjobd(str(tmp_path), "--plugin", EXAMPLE)
+    with Client(d.path) as c:
+        c.negotiate()
+        c.cmd("x-countdown", {"job-id": "live", "steps": 100000, "interval": 0.01})
+        d.proc.send_signal(signal.SIGTERM)
+        msgs = [c.recv() for _ in range(4)]  # cmd() has consumed created/running
+        assert msgs[0]["event"] == "SHUTDOWN"
+        assert msgs[0]["data"] == {"guest": False, "reason": "host-signal"}
+        assert [m["data"]["status"] for m in msgs[1:]] == ["aborting", "concluded", "null"]
+    assert d.proc.wait(10) == 0

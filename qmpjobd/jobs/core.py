@@ -489,6 +489,29 @@ class JobRegistry:
                 self._update_rc(other)
             self._finalize_single(other)
 
+    async def cancel_all(self, grace: float = 30.0) -> None:
+        """quit / SIGTERM: force-cancel every job, newest first, and dismiss them all.
+
+        As job_cancel_sync_all(): each job is cancelled and waited for in turn; a concluded
+        job is dismissed (a bare ``null``).  A job that ignores cancellation for ``grace``
+        seconds is dropped with a log line rather than holding the daemon up forever.
+        """
+        while self.jobs:
+            job = self.jobs[0]
+            if job.status == "concluded":
+                self.dismiss_now(job)
+                continue
+            if job.status != "aborting":
+                self.cancel(job, True)
+            try:
+                await asyncio.wait_for(self.wait_idle(), grace)
+            except TimeoutError:
+                log.error("job %s ignored cancellation for %.0f s; dropping it", job.id, grace)
+                if job._task is not None:
+                    job._task.cancel()
+                if job in self.jobs:
+                    self.jobs.remove(job)
+
     async def wait_idle(self) -> None:
         """Wait until no job task is running (used at shutdown and by tests)."""
         while self._tasks:

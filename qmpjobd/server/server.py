@@ -68,6 +68,7 @@ class Server:
         self._owned_paths: list[tuple[str, int]] = []
         self.stopped = asyncio.Event()
         self._all_gone = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
         self.exit_reason = ""
 
     def _introspect(self) -> tuple[list[Any], list[dict[str, str]]]:
@@ -148,8 +149,10 @@ class Server:
 
     # -- shutdown ------------------------------------------------------------------------------
 
-    def _on_quit(self) -> None:
-        # The reply to quit is queued after this returns; stop once it has been written.
+    async def _on_quit(self) -> None:
+        """After SHUTDOWN: cancel every job (with its events), then reply, then stop."""
+        await self.jobs.cancel_all()
+        # The reply to quit is written when this returns; stop right after that.
         asyncio.get_running_loop().call_soon(self.request_stop, "quit")
 
     def request_stop(self, reason: str) -> None:
@@ -161,8 +164,15 @@ class Server:
     def signal_stop(self, signame: str) -> None:
         """SIGTERM/SIGINT: tell every client, as QEMU does, then stop."""
         log.info("received %s, shutting down", signame)
+        if self._stopping is not None:
+            return
         self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
-        self.request_stop(signame)
+
+        async def stop() -> None:
+            await self.jobs.cancel_all()
+            self.request_stop(signame)
+
+        self._stopping = asyncio.get_running_loop().create_task(stop())
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening, flush and close every client, remove our socket files."""
