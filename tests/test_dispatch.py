@@ -20,7 +20,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
 
-    def emit(self, name: str, data: Any = None) -> None:
+    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
         self.events.append((name, data))
 
 

@@ -120,7 +120,7 @@ async def test_qmpclient_greeting_and_queries(daemon: Daemon) -> None:
         assert qmp.runstate == Runstate.RUNNING
         greeting = qmp.greeting
         assert greeting is not None
-        assert greeting.QMP.capabilities == ["oob"]
+        assert greeting.QMP.capabilities == ["oob", "x-job-events"]
         version = greeting.QMP.version
         assert set(version) == {"qemu", "package"}
         assert version["qemu"] == {"major": 7, "minor": 2, "micro": 0}
@@ -339,7 +339,7 @@ def test_legacy_qemu_monitor_protocol(daemon: Daemon) -> None:
             qmp.settimeout(T)
             greeting = qmp.connect()
             assert greeting is not None
-            assert greeting["QMP"]["capabilities"] == ["oob"]
+            assert greeting["QMP"]["capabilities"] == ["oob", "x-job-events"]
             assert greeting["QMP"]["version"]["qemu"] == {"major": 7, "minor": 2, "micro": 0}
 
             assert qmp.pull_event(wait=False) is None
@@ -546,7 +546,7 @@ def test_socat_raw_lines(daemon: Daemon) -> None:
     assert all(isinstance(v, int) for v in version["qemu"].values())
     assert version["qemu"] == {"major": 7, "minor": 2, "micro": 0}
     assert isinstance(version["package"], str)
-    assert greeting["QMP"]["capabilities"] == ["oob"]
+    assert greeting["QMP"]["capabilities"] == ["oob", "x-job-events"]
 
     stop_event = msgs[5]
     check_event_shape(stop_event, "STOP")
@@ -634,7 +634,7 @@ def libvirt_cmd(n: int, name: str, args: dict[str, Any] | None) -> bytes:
 def test_libvirt_capability_probe(daemon: Daemon) -> None:
     assert len(LIBVIRT_PROBE) >= 40
     with Client(daemon.path, timeout=T) as c:
-        assert c.greeting["QMP"]["capabilities"] == ["oob"]
+        assert c.greeting["QMP"]["capabilities"] == ["oob", "x-job-events"]
         # libvirt negotiates as an ordinary command with an id, waits, then probes
         c.send(libvirt_cmd(1, "qmp_capabilities", None))
         assert c.recv() == {"return": {}, "id": "libvirt-1"}

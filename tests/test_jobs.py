@@ -47,11 +47,16 @@ class Recorder:
     """An event sink that records events and lets a test wait for one."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
+        self.events: list[tuple[str, Any]] = []  # what a client without x-job-events sees
+        self.extra: list[tuple[str, Any]] = []  # events gated on x-job-events
         self._changed = asyncio.Event()
 
-    def emit(self, name: str, data: Any = None) -> None:
-        self.events.append((name, data))
+    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
+        if capability is None:
+            self.events.append((name, data))
+        else:
+            assert capability == "x-job-events"
+            self.extra.append((name, data))
         self._changed.set()
 
     def statuses(self, job_id: str) -> list[str]:
@@ -521,3 +526,43 @@ def test_sigterm_cancels_live_jobs(tmp_path: Path) -> None:
         assert msgs[0]["data"] == {"guest": False, "reason": "host-signal"}
         assert [m["data"]["status"] for m in msgs[1:]] == ["aborting", "concluded", "null"]
     assert d.proc.wait(10) == 0
+
+
+async def test_generic_job_events_are_gated(reg: Any) -> None:
+    jobs, rec = reg
+    ok, bad, gone, mirror = (Backup("ok"), Steps("bad", fail_at=1), Backup("gone", steps=1000),
+                             Mirror("m"))
+    for j in (ok, bad, gone, mirror):
+        jobs.create(j)
+        jobs.start(j)
+    await rec.until("BLOCK_JOB_READY", {"device": "m"})
+    jobs.user_cancel(gone, True)
+    jobs.user_complete(mirror)
+    for j in ("ok", "bad", "gone", "m"):
+        await rec.status(j, "null")
+    assert sorted(rec.extra, key=lambda e: (e[1]["id"], e[0])) == [
+        ("JOB_ERROR", {"id": "bad", "type": "create", "error": "Input/output error"}),
+        ("JOB_CANCELLED", {"id": "gone", "type": "backup", "error": "Operation canceled"}),
+        ("JOB_COMPLETED", {"id": "m", "type": "mirror"}),
+        ("JOB_READY", {"id": "m", "type": "mirror"}),
+        ("JOB_COMPLETED", {"id": "ok", "type": "backup"}),
+    ]
+    assert not any(n.startswith("JOB_") and n != "JOB_STATUS_CHANGE" for n, _ in rec.events)
+
+
+def test_x_job_events_only_for_clients_that_ask(tmp_path: Path) -> None:
+    d = start_qmpjobd(str(tmp_path), "--plugin", EXAMPLE)
+    with Client(d.path) as plain, Client(d.path) as asks:
+        assert plain.greeting["QMP"]["capabilities"] == ["oob", "x-job-events"]
+        plain.negotiate()
+        asks.negotiate("x-job-events")
+        plain.cmd("x-countdown", {"job-id": "j", "steps": 1})
+        def names(msgs: list[Any]) -> list[str]:
+            return [m["data"]["status"] if m["event"] == "JOB_STATUS_CHANGE" else m["event"]
+                    for m in msgs]
+        # plain.cmd() has consumed created/running on that connection
+        assert names(_until_event(plain, "null", "j")) == ["waiting", "pending", "concluded",
+                                                           "null"]
+        assert names(_until_event(asks, "null", "j")) == [
+            "created", "running", "waiting", "pending", "JOB_COMPLETED", "concluded", "null"]
+    d.stop()

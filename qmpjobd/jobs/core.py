@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
 CANCELED = "Operation canceled"
+JOB_EVENTS = "x-job-events"
+"""The capability that turns on the generic JOB_* events."""
 
 
 class JobError(Exception):
@@ -138,9 +140,11 @@ class Job:
         """Enter ``ready`` (source and target in sync); BLOCK_JOB_READY is sent once."""
         reg = self._reg()
         reg.transition(self, "ready")
-        if self.is_block_job and not self._ready_sent:
+        if not self._ready_sent:
             self._ready_sent = True
-            reg.events.emit("BLOCK_JOB_READY", self.block_event_data())
+            if self.is_block_job:
+                reg.events.emit("BLOCK_JOB_READY", self.block_event_data())
+            reg.events.emit("JOB_READY", {"id": self.id, "type": self.job_type}, JOB_EVENTS)
 
     async def pause_point(self) -> None:
         """Pause here while a pause is requested; raise JobCancelled once force-cancelled."""
@@ -453,6 +457,14 @@ class JobRegistry:
                 if job.ret:
                     data["error"] = job.error
                 self.events.emit("BLOCK_JOB_COMPLETED", data)
+        if job.started:
+            ident = {"id": job.id, "type": job.job_type}
+            if job.is_cancelled:
+                self.events.emit("JOB_CANCELLED", {**ident, "error": job.error}, JOB_EVENTS)
+            elif job.ret:
+                self.events.emit("JOB_ERROR", {**ident, "error": job.error}, JOB_EVENTS)
+            else:
+                self.events.emit("JOB_COMPLETED", ident, JOB_EVENTS)
         if job in job.txn.jobs:
             job.txn.jobs.remove(job)
         self.transition(job, "concluded")

@@ -32,7 +32,7 @@ def declare(s: Schema) -> None:
     s.command("query-version", returns="VersionInfo")
     s.struct("CommandInfo", {"name": "str"})
     s.command("query-commands", returns=["CommandInfo"])
-    s.enum("QMPCapability", ["oob"])
+    s.enum("QMPCapability", ["oob", "x-job-events"])
     s.command("qmp_capabilities", {"*enable": ["QMPCapability"]})
 
     # yank (qapi/yank.json): the out-of-band commands

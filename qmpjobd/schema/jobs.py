@@ -45,3 +45,8 @@ def declare(s: Schema) -> None:
     s.event("BLOCK_JOB_READY", {"type": "JobType", "device": "str", "len": "int",
                                 "offset": "int", "speed": "int"})
     s.event("BLOCK_JOB_PENDING", {"type": "JobType", "id": "str"})
+    # qmpjobd's generic job events, only for clients that enable x-job-events
+    s.event("JOB_READY", {"id": "str", "type": "JobType"})
+    s.event("JOB_COMPLETED", {"id": "str", "type": "JobType"})
+    s.event("JOB_CANCELLED", {"id": "str", "type": "JobType", "error": "str"})
+    s.event("JOB_ERROR", {"id": "str", "type": "JobType", "error": "str"})

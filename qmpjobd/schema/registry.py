@@ -19,14 +19,15 @@ AsyncResult = Awaitable[Any]
 class EventSink(Protocol):
     """Where events go: the server broadcasts them to every negotiated client."""
 
-    def emit(self, name: str, data: Any = None) -> None:
-        """Send event ``name`` with ``data`` (a dict, or None for no data)."""
+    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
+        """Send event ``name`` with ``data`` (a dict, or None for no data); with
+        ``capability``, only to clients that enabled it in qmp_capabilities."""
 
 
 class NullSink:
     """An event sink that drops everything (for library use without a server)."""
 
-    def emit(self, name: str, data: Any = None) -> None:
+    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
         """Drop the event."""
 
 

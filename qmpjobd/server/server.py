@@ -81,11 +81,13 @@ class Server:
 
     # -- EventSink -----------------------------------------------------------------------------
 
-    def emit(self, name: str, data: Any = None) -> None:
-        """Broadcast an event to every negotiated client, with one timestamp."""
+    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
+        """Broadcast an event to every negotiated client (that enabled ``capability``),
+        with one timestamp."""
         line = encode.event(name, data)
         for conn in list(self.connections):
-            conn.send_event(line)
+            if capability is None or capability in conn.session.enabled:
+                conn.send_event(line)
 
     # -- connections ---------------------------------------------------------------------------
 
