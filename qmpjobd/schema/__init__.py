@@ -5,7 +5,7 @@ Validation, ``query-commands`` and ``query-qmp-schema`` are all derived from it.
 
 from __future__ import annotations
 
-from . import core, jobs
+from . import block, core, jobs
 from .model import Command, Event, Schema
 from .registry import EventSink, Handler, NullSink, Registry
 
@@ -18,5 +18,6 @@ def build_schema() -> Schema:
     s = Schema()
     core.declare(s)
     jobs.declare(s)
+    block.declare(s)
     s.check_all_refs()
     return s

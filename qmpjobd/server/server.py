@@ -16,6 +16,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from ..block import commands as block_commands
+from ..block.graph import BlockGraph
 from ..jobs import JobRegistry
 from ..jobs import commands as job_commands
 from ..machine import Machine
@@ -58,6 +60,8 @@ class Server:
         self.machine.register(self.registry)
         self.jobs = JobRegistry(self)
         job_commands.register(self.registry, self.jobs)
+        self.block = BlockGraph()
+        block_commands.register(self.registry, self.block, self.jobs)
         self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
         self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
         self.registry.register("query-commands", lambda args, session: self._introspect()[1])

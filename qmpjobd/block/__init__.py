@@ -1,0 +1,1 @@
+"""A small real block layer: file, raw, null-co and blkdebug nodes, and the backup job."""

@@ -1,0 +1,137 @@
+"""The backup job: copy a source node to a target node, with QEMU's error policies.
+
+Bulk I/O runs in worker threads (``os.copy_file_range`` between plain files, read/write
+otherwise), one chunk at a time, so the event loop stays free and pause, cancel and
+``speed`` act between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errnos
+import os
+from typing import Any
+
+from ..jobs import Job, JobError
+from ..jobs.core import JobRegistry
+from .nodes import BlockNode
+
+CHUNK = 1 << 20
+"""Bytes per copy step; progress advances in these steps, as QEMU's backup does."""
+
+
+class BlockIOError(Exception):
+    """An I/O error in one direction of the copy."""
+
+    def __init__(self, operation: str, err: int) -> None:
+        super().__init__(os.strerror(err))
+        self.operation = operation
+        self.errno = err
+
+
+def error_action(policy: str, err: int) -> str:
+    """BlockdevOnError policy + errno -> BlockErrorAction (jobs.md §11)."""
+    if policy in ("enospc", "auto"):
+        return "stop" if err == errnos.ENOSPC else "report"
+    return policy
+
+
+class BackupJob(Job):
+    """blockdev-backup / drive-backup with sync full."""
+
+    job_type = "backup"
+
+    def __init__(self, job_id: str, source: BlockNode, target: BlockNode, *,
+                 on_source_error: str = "report", on_target_error: str = "report",
+                 **kw: Any) -> None:
+        super().__init__(job_id, **kw)
+        self.source = source
+        self.target = target
+        self.on_source_error = on_source_error
+        self.on_target_error = on_target_error
+        self.owns_target = False
+        """drive-backup opened the target itself and closes it when the job ends."""
+        src, dst = source.plain_file(), target.plain_file()
+        self._fast = src is not None and dst is not None and hasattr(os, "copy_file_range")
+
+    def attach(self) -> None:
+        """Mark the nodes as used (blockdev-del refuses them) until the job is cleaned up."""
+        self.source.users.add(self.id)
+        self.target.users.add(self.id)
+
+    def clean(self) -> None:
+        self.source.users.discard(self.id)
+        self.target.users.discard(self.id)
+        if self.owns_target:
+            self.target.close()
+
+    async def run(self) -> None:
+        length = self.source.length
+        self.set_progress(0, length)
+        offset = 0
+        while offset < length:
+            n = min(CHUNK, length - offset)
+            await self._copy_with_policy(offset, n)
+            offset += n
+            self.set_progress(offset)
+            await self.rate_limit(n)
+        await asyncio.to_thread(self.target.flush)
+
+    async def _copy_with_policy(self, offset: int, n: int) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._copy, offset, n)
+                return
+            except BlockIOError as e:
+                policy = self.on_source_error if e.operation == "read" else self.on_target_error
+                action = error_action(policy, e.errno)
+                reg = self._reg()
+                reg.events.emit("BLOCK_JOB_ERROR", {"device": self.id,
+                                                    "operation": e.operation,
+                                                    "action": action})
+                if action == "report":
+                    raise JobError(os.strerror(e.errno)) from None
+                if action == "stop":
+                    self.io_status = "nospace" if e.errno == errnos.ENOSPC else "failed"
+                    if not self.user_paused:
+                        self.user_paused = True
+                        self.pause_count += 1
+                await self.pause_point()  # ignore: retry at once; stop: after resume
+
+    def _copy(self, offset: int, n: int) -> None:
+        if self._fast:
+            src, dst = self.source.plain_file(), self.target.plain_file()
+            assert src is not None and dst is not None
+            done = 0
+            try:
+                while done < n:
+                    got = os.copy_file_range(src.fd, dst.fd, n - done, offset + done,
+                                             offset + done)
+                    if got == 0:  # source shorter than it claimed: zeros, as a read would
+                        dst.pwrite(offset + done, bytes(n - done))
+                        return
+                    done += got
+                return
+            except OSError as e:
+                if e.errno not in (errnos.EXDEV, errnos.ENOSYS, errnos.EOPNOTSUPP,
+                                   errnos.EINVAL):
+                    raise BlockIOError("write", e.errno or errnos.EIO) from None
+                self._fast = False
+        try:
+            data = self.source.pread(offset, n)
+        except OSError as e:
+            raise BlockIOError("read", e.errno or errnos.EIO) from None
+        try:
+            self.target.pwrite(offset, data)
+        except OSError as e:
+            raise BlockIOError("write", e.errno or errnos.EIO) from None
+
+
+def drain_flicker(jobs: JobRegistry) -> None:
+    """What a block-layer drain shows (blockdev-backup, transaction): every running job
+    briefly pauses and resumes (``paused``/``running``, READY: ``standby``/``ready``)."""
+    for job in jobs.jobs:
+        if job.started and job.pause_count == 0 and job.status in ("running", "ready"):
+            before = job.status
+            jobs.transition(job, "standby" if before == "ready" else "paused")
+            jobs.transition(job, before)

@@ -1,0 +1,210 @@
+"""Block nodes: file, raw (over another node), null-co and blkdebug (error injection).
+
+I/O methods are synchronous and meant to run in a worker thread (``asyncio.to_thread``), so
+the event loop never waits on a disk.  Errors are OSError with the errno QEMU would see.
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+
+class BlockNode:
+    """A node in the block graph: a named byte range that can be read and written."""
+
+    driver = ""
+
+    def __init__(self, node_name: str, read_only: bool = False) -> None:
+        self.node_name = node_name
+        self.read_only = read_only
+        self.children: list[BlockNode] = []
+        self.parents: list[BlockNode] = []
+        self.users: set[str] = set()
+        """Jobs (by id) that use this node; a used node cannot be deleted."""
+
+    @property
+    def length(self) -> int:
+        """Size in bytes."""
+        raise NotImplementedError
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` (in a worker thread)."""
+        raise NotImplementedError
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` (in a worker thread)."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make written data durable (in a worker thread)."""
+        for child in self.children:
+            child.flush()
+
+    def close(self) -> None:
+        """Release OS resources."""
+
+    def plain_file(self) -> FileNode | None:
+        """The file under this node if reads and writes pass through unchanged, else None."""
+        return None
+
+    def filename(self) -> str:
+        """The file name shown in query-named-block-nodes."""
+        return self.children[0].filename() if self.children else ""
+
+
+class FileNode(BlockNode):
+    """The ``file`` driver: a regular file (or block device) on the host."""
+
+    driver = "file"
+
+    def __init__(self, node_name: str, path: str, read_only: bool = False) -> None:
+        super().__init__(node_name, read_only)
+        self.path = path
+        try:
+            self.fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        except OSError as e:
+            err = e.errno or errnos.EIO
+            raise OSError(err, f"Could not open '{path}': {os.strerror(err)}") from e
+
+    @property
+    def length(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length:  # past the end of a growing/shrinking file: zeros, as QEMU
+            data += bytes(length - len(data))
+        return data
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            offset += n
+            view = view[n:]
+
+    def flush(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def plain_file(self) -> FileNode | None:
+        return self
+
+    def filename(self) -> str:
+        return self.path
+
+
+class RawNode(BlockNode):
+    """The ``raw`` format driver over another node (optionally a window of it)."""
+
+    driver = "raw"
+
+    def __init__(self, node_name: str, file: BlockNode, offset: int = 0,
+                 size: int | None = None, read_only: bool = False) -> None:
+        super().__init__(node_name, read_only)
+        self.children = [file]
+        self.offset = offset
+        self.size = size
+
+    @property
+    def length(self) -> int:
+        if self.size is not None:
+            return self.size
+        return self.children[0].length - self.offset
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.children[0].pread(self.offset + offset, length)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self.children[0].pwrite(self.offset + offset, data)
+
+    def plain_file(self) -> FileNode | None:
+        return self.children[0].plain_file() if self.offset == 0 and self.size is None else None
+
+
+class NullNode(BlockNode):
+    """The ``null-co`` driver: a size, reads give zeros, writes vanish."""
+
+    driver = "null-co"
+
+    def __init__(self, node_name: str, size: int = 1 << 30, read_zeroes: bool = False) -> None:
+        super().__init__(node_name)
+        self.size = size
+        self.read_zeroes = read_zeroes
+
+    @property
+    def length(self) -> int:
+        return self.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        return None
+
+    def filename(self) -> str:
+        return "null-co://"
+
+
+@dataclass
+class InjectRule:
+    """One blkdebug ``inject-error`` rule."""
+
+    event: str
+    errno: int = errnos.EIO
+    sector: int | None = None
+    once: bool = False
+    fired: bool = False
+
+
+class BlkdebugNode(BlockNode):
+    """The ``blkdebug`` driver: passes I/O to ``image`` but fails it where a rule says so.
+
+    A rule for ``read_aio`` (``write_aio``) fails reads (writes) that touch ``sector``
+    (512-byte units; any I/O when no sector is given) with ``errno``; ``once`` rules fire
+    a single time.
+    """
+
+    driver = "blkdebug"
+
+    def __init__(self, node_name: str, image: BlockNode, rules: list[InjectRule]) -> None:
+        super().__init__(node_name)
+        self.children = [image]
+        self.rules = rules
+        self._lock = threading.Lock()
+
+    @property
+    def length(self) -> int:
+        return self.children[0].length
+
+    def _check(self, event: str, offset: int, length: int) -> None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.event != event or (rule.once and rule.fired):
+                    continue
+                if rule.sector is not None:
+                    start = rule.sector * 512
+                    if not (offset < start + 512 and start < offset + length):
+                        continue
+                rule.fired = True
+                raise OSError(rule.errno, os.strerror(rule.errno))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self._check("read_aio", offset, length)
+        return self.children[0].pread(offset, length)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self._check("write_aio", offset, len(data))
+        self.children[0].pwrite(offset, data)
+
+
+def describe(node: BlockNode) -> dict[str, Any]:
+    """A short description used by query-named-block-nodes."""
+    return {"node-name": node.node_name, "drv": node.driver, "ro": node.read_only,
+            "file": node.filename(), "size": node.length}

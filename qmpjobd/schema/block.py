@@ -1,0 +1,59 @@
+"""Declarations of the block commands qmpjobd implements (qapi/block-core.json, 7.2 subset).
+
+Only the drivers qmpjobd really has are in BlockdevDriver (file, raw, null-co, blkdebug), so
+query-qmp-schema tells a probing client exactly what it can use.
+"""
+
+from __future__ import annotations
+
+from .model import Schema
+
+BLKDEBUG_EVENTS = [
+    "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table",
+    "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write",
+    "read_aio", "read_backing_aio", "read_compressed", "write_aio", "write_compressed",
+    "vmstate_load", "vmstate_save", "cow_read", "cow_write", "reftable_load", "reftable_grow",
+    "reftable_update", "refblock_load", "refblock_update", "refblock_update_part",
+    "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write",
+    "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table",
+    "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os", "flush_to_disk",
+    "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail",
+    "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare", "l1_shrink_write_table",
+    "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none"]
+
+
+def declare(s: Schema) -> None:
+    """Add blockdev-add/-del, query-named-block-nodes and the backup commands."""
+    s.enum("BlockdevDriver", ["blkdebug", "file", "null-co", "raw"])
+    s.enum("BlkdebugEvent", BLKDEBUG_EVENTS)
+    s.enum("BlkdebugIOType", ["read", "write", "write-zeroes", "discard", "flush",
+                              "block-status"])
+    s.struct("BlkdebugInjectErrorOptions", {
+        "event": "BlkdebugEvent", "*state": "int", "*iotype": "BlkdebugIOType",
+        "*errno": "int", "*sector": "int", "*once": "bool", "*immediately": "bool"})
+    s.struct("BlockdevOptionsFile", {"filename": "str"})
+    s.struct("BlockdevOptionsNull", {"*size": "int", "*latency-ns": "uint64",
+                                     "*read-zeroes": "bool"})
+    s.struct("BlockdevOptionsRaw", {"file": "BlockdevRef", "*offset": "int", "*size": "int"})
+    s.struct("BlockdevOptionsBlkdebug", {"image": "BlockdevRef",
+                                         "*inject-error": ["BlkdebugInjectErrorOptions"]})
+    s.union("BlockdevOptions", {"driver": "BlockdevDriver", "*node-name": "str",
+                                "*read-only": "bool"}, "driver",
+            {"blkdebug": "BlockdevOptionsBlkdebug", "file": "BlockdevOptionsFile",
+             "null-co": "BlockdevOptionsNull", "raw": "BlockdevOptionsRaw"})
+    s.alternate("BlockdevRef", ["BlockdevOptions", "str"])
+    s.command("blockdev-add", "BlockdevOptions")
+    s.command("blockdev-del", {"node-name": "str"})
+    s.struct("BlockNodeInfo", {"node-name": "str", "drv": "str", "ro": "bool", "file": "str",
+                               "size": "int"})
+    s.command("query-named-block-nodes", {"*flat": "bool"}, returns=["BlockNodeInfo"])
+
+    s.enum("MirrorSyncMode", ["top", "full", "none", "incremental", "bitmap"])
+    s.enum("BlockdevOnError", ["report", "ignore", "enospc", "stop", "auto"])
+    s.enum("NewImageMode", ["existing", "absolute-paths"])
+    common = {"*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
+              "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+              "*auto-finalize": "bool", "*auto-dismiss": "bool"}
+    s.command("blockdev-backup", {**common, "target": "str"})
+    s.command("drive-backup", {**common, "target": "str", "*format": "str",
+                               "*mode": "NewImageMode"})
