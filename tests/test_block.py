@@ -1,0 +1,262 @@
+"""The block layer and backup jobs against a real daemon and real files.
+
+Data integrity is checked by sha256 of source and target after every backup, also with a
+speed limit, a pause in the middle, and errors retried under the ignore and stop policies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qmptest import Client, Daemon, start_qmpjobd
+
+MIB = 1 << 20
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src.img"
+    src.write_bytes(os.urandom(8 * MIB))
+    dst = tmp_path / "dst.img"
+    with open(dst, "wb") as f:
+        f.truncate(8 * MIB)
+    return src, dst
+
+
+@pytest.fixture
+def qmp(daemon: Daemon) -> Any:
+    with Client(daemon.path) as c:
+        c.negotiate()
+        yield c
+
+
+def events_until(c: Client, status: str, job_id: str = "bk") -> list[Any]:
+    out = []
+    while True:
+        m = c.recv()
+        out.append(m)
+        if m.get("event") == "JOB_STATUS_CHANGE" and m["data"] == {"status": status,
+                                                                   "id": job_id}:
+            return out
+
+
+def names(msgs: list[Any]) -> list[str]:
+    return [m["data"]["status"] if m.get("event") == "JOB_STATUS_CHANGE"
+            else m.get("event", "reply") for m in msgs]
+
+
+def add_files(c: Client, src: Path, dst: Path) -> None:
+    assert c.cmd("blockdev-add", {"driver": "file", "node-name": "src",
+                                  "filename": str(src)}) == {"return": {}}
+    assert c.cmd("blockdev-add", {"driver": "file", "node-name": "dst",
+                                  "filename": str(dst)}) == {"return": {}}
+
+
+def test_nodes_add_query_delete(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, _ = files
+    c = qmp
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "f", "filename": str(src)})
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "r", "file": "f"})
+    c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n", "size": 4 * MIB})
+    c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "d", "image": "n",
+                           "inject-error": [{"event": "read_aio", "errno": 5}]})
+    nodes = {n["node-name"]: n for n in c.cmd("query-named-block-nodes")["return"]}
+    assert nodes["f"]["drv"] == "file" and nodes["f"]["size"] == 8 * MIB
+    assert nodes["r"]["drv"] == "raw" and nodes["r"]["file"] == str(src)
+    assert nodes["n"]["size"] == 4 * MIB and nodes["d"]["drv"] == "blkdebug"
+    assert c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n"})["error"]["desc"] == \
+        "Duplicate nodes with node-name='n'"
+    assert c.cmd("blockdev-del", {"node-name": "f"})["error"]["desc"] == \
+        "Block device f is in use"
+    assert c.cmd("blockdev-del", {"node-name": "r"}) == {"return": {}}
+    assert c.cmd("blockdev-del", {"node-name": "f"}) == {"return": {}}
+    assert c.cmd("blockdev-del", {"node-name": "f"})["error"]["desc"] == \
+        "Failed to find node with node-name='f'"
+    assert c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "q"})["error"]["desc"] == \
+        "Parameter 'driver' does not accept value 'qcow2'"
+    err = c.cmd("blockdev-add", {"driver": "file", "node-name": "x",
+                                 "filename": "/nonexistent/x.img"})["error"]["desc"]
+    assert err == "Could not open '/nonexistent/x.img': No such file or directory"
+    assert c.cmd("blockdev-add", {"driver": "raw", "node-name": "y", "file": 1})["error"][
+        "desc"] == "Invalid parameter type for 'file', expected: BlockdevRef"
+
+
+def test_backup_default_sequence_and_integrity(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    add_files(c, src, dst)
+    c.send(b'{"execute":"blockdev-backup","arguments":{"job-id":"bk","device":"src",'
+           b'"target":"dst","sync":"full"},"id":"b1"}\n')
+    msgs = events_until(c, "null")
+    assert names(msgs) == ["created", "running", "paused", "running", "reply", "waiting",
+                           "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"]
+    assert msgs[4] == {"return": {}, "id": "b1"}
+    assert msgs[7]["data"] == {"device": "bk", "len": 8 * MIB, "offset": 8 * MIB, "speed": 0,
+                               "type": "backup"}
+    assert sha(src) == sha(dst)
+    assert c.cmd("query-jobs") == {"return": []}
+
+
+def test_backup_speed_pause_cancel_and_integrity(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    add_files(c, src, dst)
+    assert c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst",
+                                     "sync": "full", "speed": 4 * MIB,
+                                     "auto-dismiss": False}) == {"return": {}}
+    info = c.cmd("query-block-jobs")["return"][0]
+    assert (info["device"], info["type"], info["speed"], info["len"]) == ("bk", "backup",
+                                                                          4 * MIB, 8 * MIB)
+    assert info["offset"] < 8 * MIB
+    assert c.cmd("blockdev-del", {"node-name": "src"})["error"]["desc"] == \
+        "Block device src is in use"
+    c.cmd("block-job-pause", {"device": "bk"})
+    events_until(c, "paused")
+    assert c.cmd("block-job-cancel", {"device": "bk"})["error"]["desc"] == \
+        "The block job for device 'bk' is currently paused"
+    c.cmd("block-job-set-speed", {"device": "bk", "speed": 0})
+    c.cmd("block-job-resume", {"device": "bk"})
+    msgs = events_until(c, "concluded")
+    assert "BLOCK_JOB_COMPLETED" in names(msgs)
+    assert "error" not in c.cmd("query-jobs")["return"][0]
+    assert sha(src) == sha(dst)
+    c.cmd("job-dismiss", {"id": "bk"})
+    assert c.cmd("blockdev-del", {"node-name": "src"}) == {"return": {}}
+
+
+def test_backup_cancel_hard(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    add_files(c, src, dst)
+    c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst", "sync": "full",
+                              "speed": MIB, "auto-dismiss": False})
+    c.cmd("block-job-cancel", {"device": "bk"})  # backup: any cancel is hard
+    msgs = events_until(c, "concluded")
+    assert names(msgs)[-3:] == ["aborting", "BLOCK_JOB_CANCELLED", "concluded"]
+    assert c.cmd("query-jobs")["return"][0]["error"] == "Operation canceled"
+
+
+def _debug_source(c: Client, src: Path, rule: dict[str, Any]) -> None:
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "f", "filename": str(src)})
+    assert c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "src", "image": "f",
+                                  "inject-error": [rule]}) == {"return": {}}
+
+
+def test_read_error_report(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    _debug_source(c, src, {"event": "read_aio", "errno": 5, "sector": 4096})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "dst", "filename": str(dst)})
+    c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst", "sync": "full",
+                              "auto-finalize": False, "auto-dismiss": False})
+    msgs = events_until(c, "concluded")
+    assert names(msgs)[-4:] == ["BLOCK_JOB_ERROR", "aborting", "BLOCK_JOB_COMPLETED",
+                                "concluded"]
+    assert msgs[-4]["data"] == {"device": "bk", "operation": "read", "action": "report"}
+    assert msgs[-2]["data"]["error"] == "Input/output error"
+    assert c.cmd("query-jobs")["return"][0]["error"] == "Input/output error"
+
+
+def test_read_error_stop_then_resume(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    _debug_source(c, src, {"event": "read_aio", "errno": 5, "sector": 4096, "once": True})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "dst", "filename": str(dst)})
+    c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst", "sync": "full",
+                              "on-source-error": "stop", "auto-dismiss": False})
+    msgs = events_until(c, "paused")
+    stop = [m for m in msgs if m.get("event") == "BLOCK_JOB_ERROR"]
+    assert stop[-1]["data"] == {"device": "bk", "operation": "read", "action": "stop"}
+    info = c.cmd("query-block-jobs")["return"][0]
+    assert (info["io-status"], info["paused"], info["status"]) == ("failed", True, "paused")
+    c.cmd("block-job-resume", {"device": "bk"})
+    events_until(c, "concluded")
+    assert "error" not in c.cmd("query-jobs")["return"][0]
+    assert sha(src) == sha(dst)  # the failed chunk was retried after resume
+
+
+def test_read_error_ignore_retries(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    _debug_source(c, src, {"event": "read_aio", "errno": 5, "once": True})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "dst", "filename": str(dst)})
+    c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst", "sync": "full",
+                              "on-source-error": "ignore"})
+    msgs = events_until(c, "null")
+    err = [m["data"] for m in msgs if m.get("event") == "BLOCK_JOB_ERROR"]
+    assert err == [{"device": "bk", "operation": "read", "action": "ignore"}]
+    assert "BLOCK_JOB_COMPLETED" in names(msgs)
+    assert sha(src) == sha(dst)
+
+
+def test_enospc_policy(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "src", "filename": str(src)})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "f", "filename": str(dst)})
+    c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "dst", "image": "f",
+                           "inject-error": [{"event": "write_aio", "errno": 28, "once": True}]})
+    c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst", "sync": "full",
+                              "on-target-error": "enospc", "auto-dismiss": False})
+    msgs = events_until(c, "paused")
+    assert [m["data"] for m in msgs if m.get("event") == "BLOCK_JOB_ERROR"] == [
+        {"device": "bk", "operation": "write", "action": "stop"}]
+    assert c.cmd("query-block-jobs")["return"][0]["io-status"] == "nospace"
+    c.cmd("job-resume", {"id": "bk"})
+    events_until(c, "concluded")
+    assert c.cmd("query-block-jobs")["return"][0]["io-status"] == "ok"
+    assert sha(src) == sha(dst)
+
+
+def test_drive_backup_creates_target(qmp: Client, files: tuple[Path, Path],
+                                     tmp_path: Path) -> None:
+    src, _ = files
+    c = qmp
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "src", "filename": str(src)})
+    out = tmp_path / "new.img"
+    assert c.cmd("drive-backup", {"job-id": "bk", "device": "src", "target": str(out),
+                                  "sync": "full"}) == {"return": {}}
+    events_until(c, "null")
+    assert sha(src) == sha(out)
+
+
+def test_backup_lookup_and_id_errors(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    add_files(c, src, dst)
+    base = {"device": "src", "target": "dst", "sync": "full"}
+    assert c.cmd("blockdev-backup", {**base, "device": "nope", "job-id": "a"})["error"][
+        "desc"] == "Cannot find device='nope' nor node-name='nope'"
+    assert c.cmd("blockdev-backup", {**base, "job-id": "1bad"})["error"]["desc"] == \
+        "Invalid job ID '1bad'"
+    assert c.cmd("blockdev-backup", base)["error"]["desc"] == "Invalid job ID ''"
+    r = c.cmd("blockdev-backup", {**base, "job-id": "neg", "speed": -1})
+    assert r["error"]["desc"] == "Parameter 'speed' expects a non-negative value"
+    assert c.cmd("block-job-cancel", {"device": "nojob"})["error"] == {
+        "class": "DeviceNotActive", "desc": "Block job 'nojob' not found"}
+
+
+def test_quit_during_backup(tmp_path: Path, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    d = start_qmpjobd(str(tmp_path), name="q.sock")
+    with Client(d.path) as c:
+        c.negotiate()
+        add_files(c, src, dst)
+        c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst",
+                                  "sync": "full", "speed": MIB})
+        c.send(b'{"execute":"quit","id":"q"}\n')
+        msgs = []
+        while not msgs or "return" not in msgs[-1]:
+            msgs.append(c.recv())
+        assert names(msgs) == ["SHUTDOWN", "aborting", "BLOCK_JOB_CANCELLED", "concluded",
+                               "null", "reply"]
+    assert d.proc.wait(10) == 0
