@@ -10,7 +10,22 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from qmptest import QEMU, NO_QEMU_REASON, Daemon, start_qemu, start_qmpjobd  # noqa: E402
+from qmptest import (  # noqa: E402
+    NO_QEMU_REASON,
+    QEMU,
+    STARTED,
+    Daemon,
+    start_qemu,
+    start_qmpjobd,
+)
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes() -> Iterator[None]:
+    """A test that fails half-way must not leave its daemons running."""
+    yield
+    while STARTED:
+        STARTED.pop().stop()
 
 
 @pytest.fixture

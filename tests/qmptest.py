@@ -35,12 +35,17 @@ def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 1
     raise TimeoutError(f"nothing listening on {path} after {timeout}s")
 
 
+STARTED: list[Daemon] = []
+"""Every process started through this module; conftest stops leftovers after each test."""
+
+
 class Daemon:
     """A qmpjobd (or QEMU) process started for one test."""
 
     def __init__(self, argv: list[str], path: str) -> None:
         self.path = path
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        STARTED.append(self)
         wait_for_socket(path, self.proc)
 
     @property

@@ -70,9 +70,18 @@ def test_nodes_add_query_delete(qmp: Client, files: tuple[Path, Path]) -> None:
     c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "d", "image": "n",
                            "inject-error": [{"event": "read_aio", "errno": 5}]})
     nodes = {n["node-name"]: n for n in c.cmd("query-named-block-nodes")["return"]}
-    assert nodes["f"]["drv"] == "file" and nodes["f"]["size"] == 8 * MIB
+    assert list(nodes["f"]) == ["iops_rd", "detect_zeroes", "image", "iops_wr", "ro",
+                                "node-name", "backing_file_depth", "drv", "iops", "bps_wr",
+                                "write_threshold", "encrypted", "bps", "bps_rd", "cache", "file"]
+    assert nodes["f"]["image"] == {"virtual-size": 8 * MIB, "filename": str(src),
+                                   "format": "file", "actual-size": 8 * MIB,
+                                   "dirty-flag": False}
     assert nodes["r"]["drv"] == "raw" and nodes["r"]["file"] == str(src)
-    assert nodes["n"]["size"] == 4 * MIB and nodes["d"]["drv"] == "blkdebug"
+    assert nodes["n"]["image"] == {"virtual-size": 4 * MIB, "filename": "null-co://",
+                                   "format": "null-co", "actual-size": 0}
+    assert nodes["d"]["drv"] == "blkdebug"
+    assert [n["node-name"] for n in c.cmd("query-named-block-nodes")["return"]] == [
+        "d", "n", "r", "f"]  # newest first
     assert c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n"})["error"]["desc"] == \
         "Duplicate nodes with node-name='n'"
     assert c.cmd("blockdev-del", {"node-name": "f"})["error"]["desc"] == \
@@ -88,6 +97,14 @@ def test_nodes_add_query_delete(qmp: Client, files: tuple[Path, Path]) -> None:
     assert err == "Could not open '/nonexistent/x.img': No such file or directory"
     assert c.cmd("blockdev-add", {"driver": "raw", "node-name": "y", "file": 1})["error"][
         "desc"] == "Invalid parameter type for 'file', expected: BlockdevRef"
+    assert c.cmd("blockdev-add", {"driver": "null-co"})["error"]["desc"] == \
+        "'node-name' must be specified for the root node"
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "inl",
+                           "file": {"driver": "null-co", "node-name": "inner"}})
+    assert c.cmd("blockdev-del", {"node-name": "inner"})["error"]["desc"] == \
+        "Node inner is not owned by the monitor"
+    assert c.cmd("blockdev-del", {"node-name": "inl"}) == {"return": {}}
+    assert "inner" not in {n["node-name"] for n in c.cmd("query-named-block-nodes")["return"]}
 
 
 def test_backup_default_sequence_and_integrity(qmp: Client, files: tuple[Path, Path]) -> None:
@@ -119,6 +136,8 @@ def test_backup_speed_pause_cancel_and_integrity(qmp: Client, files: tuple[Path,
     assert info["offset"] < 8 * MIB
     assert c.cmd("blockdev-del", {"node-name": "src"})["error"]["desc"] == \
         "Block device src is in use"
+    assert c.cmd("blockdev-del", {"node-name": "dst"})["error"]["desc"] == \
+        "Node 'dst' is busy: block device is in use by block job: backup"
     c.cmd("block-job-pause", {"device": "bk"})
     events_until(c, "paused")
     assert c.cmd("block-job-cancel", {"device": "bk"})["error"]["desc"] == \
@@ -146,9 +165,25 @@ def test_backup_cancel_hard(qmp: Client, files: tuple[Path, Path]) -> None:
 
 
 def _debug_source(c: Client, src: Path, rule: dict[str, Any]) -> None:
+    """src = raw over blkdebug over the file: blkdebug's events fire below a format driver."""
     c.cmd("blockdev-add", {"driver": "file", "node-name": "f", "filename": str(src)})
-    assert c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "src", "image": "f",
+    assert c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "dbg", "image": "f",
                                   "inject-error": [rule]}) == {"return": {}}
+    assert c.cmd("blockdev-add", {"driver": "raw", "node-name": "src", "file": "dbg"}) == {
+        "return": {}}
+
+
+def test_blkdebug_fires_only_below_a_format_driver(qmp: Client,
+                                                   files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    _debug_source(c, src, {"event": "read_aio", "errno": 5})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "dst", "filename": str(dst)})
+    c.cmd("blockdev-backup", {"job-id": "bk", "device": "dbg", "target": "dst",
+                              "sync": "full"})
+    msgs = events_until(c, "null")
+    assert "BLOCK_JOB_ERROR" not in names(msgs) and "BLOCK_JOB_COMPLETED" in names(msgs)
+    assert sha(src) == sha(dst)
 
 
 def test_read_error_report(qmp: Client, files: tuple[Path, Path]) -> None:
@@ -203,8 +238,9 @@ def test_enospc_policy(qmp: Client, files: tuple[Path, Path]) -> None:
     c = qmp
     c.cmd("blockdev-add", {"driver": "file", "node-name": "src", "filename": str(src)})
     c.cmd("blockdev-add", {"driver": "file", "node-name": "f", "filename": str(dst)})
-    c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "dst", "image": "f",
+    c.cmd("blockdev-add", {"driver": "blkdebug", "node-name": "dbg", "image": "f",
                            "inject-error": [{"event": "write_aio", "errno": 28, "once": True}]})
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "dst", "file": "dbg"})
     c.cmd("blockdev-backup", {"job-id": "bk", "device": "src", "target": "dst", "sync": "full",
                               "on-target-error": "enospc", "auto-dismiss": False})
     msgs = events_until(c, "paused")
@@ -241,6 +277,8 @@ def test_backup_lookup_and_id_errors(qmp: Client, files: tuple[Path, Path]) -> N
     assert c.cmd("blockdev-backup", base)["error"]["desc"] == "Invalid job ID ''"
     r = c.cmd("blockdev-backup", {**base, "job-id": "neg", "speed": -1})
     assert r["error"]["desc"] == "Parameter 'speed' expects a non-negative value"
+    assert c.cmd("blockdev-backup", {**base, "job-id": "same", "target": "src"})["error"][
+        "desc"] == "Source and target cannot be the same"
     assert c.cmd("block-job-cancel", {"device": "nojob"})["error"] == {
         "class": "DeviceNotActive", "desc": "Block job 'nojob' not found"}
 
@@ -257,6 +295,7 @@ def test_quit_during_backup(tmp_path: Path, files: tuple[Path, Path]) -> None:
         msgs = []
         while not msgs or "return" not in msgs[-1]:
             msgs.append(c.recv())
-        assert names(msgs) == ["SHUTDOWN", "aborting", "BLOCK_JOB_CANCELLED", "concluded",
-                               "null", "reply"]
+        # as QEMU 7.2 (tests/data/qemu72-block-transcripts.md, scenario 9)
+        assert names(msgs) == ["SHUTDOWN", "paused", "running", "aborting",
+                               "BLOCK_JOB_CANCELLED", "concluded", "null", "reply"]
     assert d.proc.wait(10) == 0

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from ..jobs import Job, JobError
-from ..jobs.core import JobRegistry
 from .nodes import BlockNode
 
 CHUNK = 1 << 20
@@ -58,10 +57,12 @@ class BackupJob(Job):
         """Mark the nodes as used (blockdev-del refuses them) until the job is cleaned up."""
         self.source.users.add(self.id)
         self.target.users.add(self.id)
+        self.target.job_targets.add(self.job_type)
 
     def clean(self) -> None:
         self.source.users.discard(self.id)
         self.target.users.discard(self.id)
+        self.target.job_targets.discard(self.job_type)
         if self.owns_target:
             self.target.close()
 
@@ -125,13 +126,3 @@ class BackupJob(Job):
             self.target.pwrite(offset, data)
         except OSError as e:
             raise BlockIOError("write", e.errno or errnos.EIO) from None
-
-
-def drain_flicker(jobs: JobRegistry) -> None:
-    """What a block-layer drain shows (blockdev-backup, transaction): every running job
-    briefly pauses and resumes (``paused``/``running``, READY: ``standby``/``ready``)."""
-    for job in jobs.jobs:
-        if job.started and job.pause_count == 0 and job.status in ("running", "ready"):
-            before = job.status
-            jobs.transition(job, "standby" if before == "ready" else "paused")
-            jobs.transition(job, before)

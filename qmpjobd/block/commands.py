@@ -9,9 +9,9 @@ from ..jobs import JobRegistry
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
-from .backup import BackupJob, drain_flicker
+from .backup import BackupJob
 from .graph import BlockGraph
-from .nodes import FileNode, describe
+from .nodes import FileNode
 
 
 def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
@@ -24,10 +24,12 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         graph.delete(args["node-name"])
 
     def query_nodes(args: dict[str, Any], session: Session) -> Any:
-        return [describe(n) for n in reversed(graph.nodes.values())]
+        return [n.info() for n in reversed(graph.nodes.values())]
 
     def start_backup(args: dict[str, Any], target_node: Any) -> None:
         source = graph.lookup(args["device"])
+        if source is target_node:
+            raise QMPError("Source and target cannot be the same")
         sync = args["sync"]
         if sync not in ("full", "top"):
             raise QMPError(f"sync mode '{sync}' is not supported by qmpjobd")
@@ -42,7 +44,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         jobs.create(job)
         job.attach()
         jobs.start(job)
-        drain_flicker(jobs)
+        jobs.drain()
 
     def blockdev_backup(args: dict[str, Any], session: Session) -> None:
         graph.lookup(args["device"])

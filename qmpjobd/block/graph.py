@@ -28,7 +28,7 @@ class BlockGraph:
         name = opts.get("node-name")
         if name is None:
             if top:
-                raise QMPError("node-name must be specified for the root node")
+                raise QMPError("'node-name' must be specified for the root node")
             self._auto += 1
             name = f"#block{self._auto:03d}"
         elif name in self.nodes:
@@ -53,6 +53,7 @@ class BlockGraph:
             node = BlkdebugNode(name, child, rules)
         for child in node.children:
             child.parents.append(node)
+        node.monitor_owned = top
         self.nodes[name] = node
         return node
 
@@ -66,6 +67,12 @@ class BlockGraph:
         node = self.nodes.get(name)
         if node is None:
             raise QMPError(f"Failed to find node with node-name='{name}'")
+        if not node.monitor_owned:
+            raise QMPError(f"Node {name} is not owned by the monitor")
+        if node.job_targets:
+            kinds = ", ".join(sorted(node.job_targets))
+            raise QMPError(f"Node '{name}' is busy: block device is in use by block job: "
+                           f"{kinds}")
         if node.parents or node.users:
             raise QMPError(f"Block device {name} is in use")
         self._drop(node)
@@ -75,7 +82,7 @@ class BlockGraph:
         node.close()
         for child in node.children:
             child.parents.remove(node)
-            if child.node_name.startswith("#") and not child.parents:
+            if not child.monitor_owned and not child.parents:
                 self._drop(child)
 
     def close(self) -> None:

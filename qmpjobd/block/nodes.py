@@ -25,19 +25,44 @@ class BlockNode:
         self.parents: list[BlockNode] = []
         self.users: set[str] = set()
         """Jobs (by id) that use this node; a used node cannot be deleted."""
+        self.job_targets: set[str] = set()
+        """Jobs (by type) writing to this node: blockdev-del names them."""
+        self.monitor_owned = False
+        """Added by blockdev-add itself (not an inline child): only these can be deleted."""
 
     @property
     def length(self) -> int:
         """Size in bytes."""
         raise NotImplementedError
 
-    def pread(self, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes at ``offset`` (in a worker thread)."""
+    def pread(self, offset: int, length: int, event: bool = False) -> bytes:
+        """Read ``length`` bytes at ``offset`` (in a worker thread).  ``event``: the read comes
+        from a format driver, which is what fires blkdebug's ``read_aio`` rules."""
         raise NotImplementedError
 
-    def pwrite(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset`` (in a worker thread)."""
+    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+        """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread."""
         raise NotImplementedError
+
+    def actual_size(self) -> int | None:
+        """Allocated bytes on the host, or None where QEMU reports none."""
+        return self.children[0].actual_size() if self.children else 0
+
+    def info(self) -> dict[str, Any]:
+        """BlockDeviceInfo as query-named-block-nodes shows it (QEMU's key order)."""
+        image: dict[str, Any] = {"virtual-size": self.length, "filename": self.filename(),
+                                 "format": self.driver}
+        actual = self.actual_size()
+        if actual is not None:
+            image["actual-size"] = actual
+        if self.driver != "null-co":
+            image["dirty-flag"] = False
+        return {"iops_rd": 0, "detect_zeroes": "off", "image": image, "iops_wr": 0,
+                "ro": self.read_only, "node-name": self.node_name, "backing_file_depth": 0,
+                "drv": self.driver, "iops": 0, "bps_wr": 0, "write_threshold": 0,
+                "encrypted": False, "bps": 0, "bps_rd": 0,
+                "cache": {"no-flush": False, "direct": False, "writeback": True},
+                "file": self.filename()}
 
     def flush(self) -> None:
         """Make written data durable (in a worker thread)."""
@@ -74,13 +99,13 @@ class FileNode(BlockNode):
     def length(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def pread(self, offset: int, length: int, event: bool = False) -> bytes:
         data = os.pread(self.fd, length, offset)
         if len(data) < length:  # past the end of a growing/shrinking file: zeros, as QEMU
             data += bytes(length - len(data))
         return data
 
-    def pwrite(self, offset: int, data: bytes) -> None:
+    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, offset)
@@ -92,6 +117,9 @@ class FileNode(BlockNode):
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def actual_size(self) -> int | None:
+        return os.fstat(self.fd).st_blocks * 512
 
     def plain_file(self) -> FileNode | None:
         return self
@@ -118,11 +146,11 @@ class RawNode(BlockNode):
             return self.size
         return self.children[0].length - self.offset
 
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.children[0].pread(self.offset + offset, length)
+    def pread(self, offset: int, length: int, event: bool = False) -> bytes:
+        return self.children[0].pread(self.offset + offset, length, event=True)
 
-    def pwrite(self, offset: int, data: bytes) -> None:
-        self.children[0].pwrite(self.offset + offset, data)
+    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+        self.children[0].pwrite(self.offset + offset, data, event=True)
 
     def plain_file(self) -> FileNode | None:
         return self.children[0].plain_file() if self.offset == 0 and self.size is None else None
@@ -142,11 +170,14 @@ class NullNode(BlockNode):
     def length(self) -> int:
         return self.size
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def pread(self, offset: int, length: int, event: bool = False) -> bytes:
         return bytes(length)
 
-    def pwrite(self, offset: int, data: bytes) -> None:
+    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
         return None
+
+    def actual_size(self) -> int | None:
+        return 0
 
     def filename(self) -> str:
         return "null-co://"
@@ -168,7 +199,8 @@ class BlkdebugNode(BlockNode):
 
     A rule for ``read_aio`` (``write_aio``) fails reads (writes) that touch ``sector``
     (512-byte units; any I/O when no sector is given) with ``errno``; ``once`` rules fire
-    a single time.
+    a single time.  As in QEMU, the events fire only for I/O that a format driver (raw)
+    above sends; I/O issued to the blkdebug node directly passes untouched.
     """
 
     driver = "blkdebug"
@@ -195,16 +227,12 @@ class BlkdebugNode(BlockNode):
                 rule.fired = True
                 raise OSError(rule.errno, os.strerror(rule.errno))
 
-    def pread(self, offset: int, length: int) -> bytes:
-        self._check("read_aio", offset, length)
+    def pread(self, offset: int, length: int, event: bool = False) -> bytes:
+        if event:
+            self._check("read_aio", offset, length)
         return self.children[0].pread(offset, length)
 
-    def pwrite(self, offset: int, data: bytes) -> None:
-        self._check("write_aio", offset, len(data))
+    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+        if event:
+            self._check("write_aio", offset, len(data))
         self.children[0].pwrite(offset, data)
-
-
-def describe(node: BlockNode) -> dict[str, Any]:
-    """A short description used by query-named-block-nodes."""
-    return {"node-name": node.node_name, "drv": node.driver, "ro": node.read_only,
-            "file": node.filename(), "size": node.length}

@@ -218,6 +218,7 @@ class JobRegistry:
         self.events = events
         self.jobs: list[Job] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._aborts: set[asyncio.Task[None]] = set()
 
     # -- lookup and creation ---------------------------------------------------------------
 
@@ -382,6 +383,17 @@ class JobRegistry:
         if job in self.jobs:
             self.jobs.remove(job)
 
+    def drain(self) -> None:
+        """What a block-layer drain shows (blockdev-backup, transaction, quit): every running
+        block job briefly pauses and resumes (``paused``/``running``; READY:
+        ``standby``/``ready``).  User-paused jobs do not flicker."""
+        for job in self.jobs:
+            if (job.is_block_job and job.started and job.pause_count == 0
+                    and job.status in ("running", "ready")):
+                before = job.status
+                self.transition(job, "standby" if before == "ready" else "paused")
+                self.transition(job, before)
+
     # -- completion ------------------------------------------------------------------------
 
     async def _drive(self, job: Job) -> None:
@@ -484,8 +496,9 @@ class JobRegistry:
                    if j.started and j.status not in COMPLETED_STATUSES and j._task is not None]
         if running:
             task = asyncio.get_running_loop().create_task(self._abort_after(txn, running))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for pool in (self._tasks, self._aborts):
+                pool.add(task)
+                task.add_done_callback(pool.discard)
         else:
             self._abort_finish(txn)
 
@@ -508,6 +521,7 @@ class JobRegistry:
         job is dismissed (a bare ``null``).  A job that ignores cancellation for ``grace``
         seconds is dropped with a log line rather than holding the daemon up forever.
         """
+        self.drain()
         while self.jobs:
             job = self.jobs[0]
             if job.status == "concluded":
@@ -516,13 +530,20 @@ class JobRegistry:
             if job.status != "aborting":
                 self.cancel(job, True)
             try:
-                await asyncio.wait_for(self.wait_idle(), grace)
+                await asyncio.wait_for(self._settled(job), grace)
             except TimeoutError:
                 log.error("job %s ignored cancellation for %.0f s; dropping it", job.id, grace)
                 if job._task is not None:
                     job._task.cancel()
                 if job in self.jobs:
                     self.jobs.remove(job)
+
+    async def _settled(self, job: Job) -> None:
+        """Wait until ``job``'s work and any transaction abort it started are over."""
+        if job._task is not None and not job._task.done():
+            await asyncio.wait([job._task])
+        while self._aborts:
+            await asyncio.gather(*list(self._aborts), return_exceptions=True)
 
     async def wait_idle(self) -> None:
         """Wait until no job task is running (used at shutdown and by tests)."""

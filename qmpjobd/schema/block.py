@@ -44,9 +44,18 @@ def declare(s: Schema) -> None:
     s.alternate("BlockdevRef", ["BlockdevOptions", "str"])
     s.command("blockdev-add", "BlockdevOptions")
     s.command("blockdev-del", {"node-name": "str"})
-    s.struct("BlockNodeInfo", {"node-name": "str", "drv": "str", "ro": "bool", "file": "str",
-                               "size": "int"})
-    s.command("query-named-block-nodes", {"*flat": "bool"}, returns=["BlockNodeInfo"])
+    s.struct("ImageInfo", {"filename": "str", "format": "str", "*dirty-flag": "bool",
+                           "*actual-size": "int", "virtual-size": "int",
+                           "*backing-image": "ImageInfo"})
+    s.struct("BlockdevCacheInfo", {"writeback": "bool", "direct": "bool", "no-flush": "bool"})
+    s.enum("BlockdevDetectZeroesOptions", ["off", "on", "unmap"])
+    s.struct("BlockDeviceInfo", {
+        "file": "str", "*node-name": "str", "ro": "bool", "drv": "str",
+        "backing_file_depth": "int", "encrypted": "bool",
+        "detect_zeroes": "BlockdevDetectZeroesOptions", "bps": "int", "bps_rd": "int",
+        "bps_wr": "int", "iops": "int", "iops_rd": "int", "iops_wr": "int",
+        "image": "ImageInfo", "cache": "BlockdevCacheInfo", "write_threshold": "int"})
+    s.command("query-named-block-nodes", {"*flat": "bool"}, returns=["BlockDeviceInfo"])
 
     s.enum("MirrorSyncMode", ["top", "full", "none", "incremental", "bitmap"])
     s.enum("BlockdevOnError", ["report", "ignore", "enospc", "stop", "auto"])
