@@ -299,3 +299,52 @@ def test_quit_during_backup(tmp_path: Path, files: tuple[Path, Path]) -> None:
         assert names(msgs) == ["SHUTDOWN", "paused", "running", "aborting",
                                "BLOCK_JOB_CANCELLED", "concluded", "null", "reply"]
     assert d.proc.wait(10) == 0
+
+
+def test_mirror_ready_complete_and_cancels(qmp: Client, files: tuple[Path, Path],
+                                           tmp_path: Path) -> None:
+    src, dst = files
+    c = qmp
+    add_files(c, src, dst)
+    c.send(b'{"execute":"blockdev-mirror","arguments":{"job-id":"m","device":"src",'
+           b'"target":"dst","sync":"full"},"id":1}\n')
+    msgs = events_until(c, "ready", "m")
+    # no drain flicker at the start of a mirror (jobs.md checklist 3)
+    assert names(msgs) == ["created", "running", "reply", "ready"]
+    ev = c.recv()
+    assert ev["event"] == "BLOCK_JOB_READY"
+    assert ev["data"] == {"device": "m", "len": 8 * MIB, "offset": 8 * MIB, "speed": 0,
+                          "type": "mirror"}
+    info = c.cmd("query-block-jobs")["return"][0]
+    assert (info["ready"], info["status"]) == (True, "ready")
+    assert sha(src) == sha(dst)
+    c.cmd("job-complete", {"id": "m"})
+    assert names(events_until(c, "null", "m")) == ["waiting", "pending", "BLOCK_JOB_COMPLETED",
+                                                   "concluded", "null"]
+    # soft cancel in READY completes without error; forced cancel aborts
+    for name, force, tail in (("soft", False, ["waiting", "pending", "BLOCK_JOB_COMPLETED",
+                                               "concluded"]),
+                              ("hard", True, ["aborting", "BLOCK_JOB_CANCELLED", "concluded"])):
+        out = tmp_path / f"{name}.img"
+        c.cmd("drive-mirror", {"job-id": name, "device": "src", "target": str(out),
+                               "sync": "full", "auto-dismiss": False})
+        events_until(c, "ready", name)
+        c.cmd("block-job-cancel", {"device": name, "force": force} if force else
+              {"device": name})
+        assert names(events_until(c, "concluded", name))[-len(tail):] == tail
+        job = next(j for j in c.cmd("query-jobs")["return"] if j["id"] == name)
+        assert ("error" in job) == force
+        assert sha(src) == sha(out)
+
+
+def test_mirror_not_ready_refuses_complete(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    add_files(c, src, dst)
+    c.cmd("blockdev-mirror", {"job-id": "m", "device": "src", "target": "dst", "sync": "full",
+                              "speed": MIB})
+    assert c.cmd("job-complete", {"id": "m"})["error"]["desc"] == \
+        "Job 'm' in state 'running' cannot accept command verb 'complete'"
+    c.cmd("block-job-cancel", {"device": "m"})  # before READY every cancel is forced
+    assert names(events_until(c, "null", "m"))[-4:] == ["aborting", "BLOCK_JOB_CANCELLED",
+                                                        "concluded", "null"]

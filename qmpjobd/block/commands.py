@@ -11,6 +11,7 @@ from ..protocol.session import Session
 from ..schema import Registry
 from .backup import BackupJob
 from .graph import BlockGraph
+from .mirror import MirrorJob
 from .nodes import FileNode
 
 
@@ -26,7 +27,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     def query_nodes(args: dict[str, Any], session: Session) -> Any:
         return [n.info() for n in reversed(graph.nodes.values())]
 
-    def start_backup(args: dict[str, Any], target_node: Any) -> None:
+    def start_copy(args: dict[str, Any], target_node: Any, cls: type[BackupJob]) -> None:
         source = graph.lookup(args["device"])
         if source is target_node:
             raise QMPError("Source and target cannot be the same")
@@ -35,7 +36,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             raise QMPError(f"sync mode '{sync}' is not supported by qmpjobd")
         if target_node.length < source.length:
             raise QMPError("Source and target image have different sizes")
-        job = BackupJob(args.get("job-id", ""), source, target_node,
+        job = cls(args.get("job-id", ""), source, target_node,
                         on_source_error=args.get("on-source-error", "report"),
                         on_target_error=args.get("on-target-error", "report"),
                         auto_finalize=args.get("auto-finalize", True),
@@ -44,13 +45,19 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         jobs.create(job)
         job.attach()
         jobs.start(job)
-        jobs.drain()
+        if cls is BackupJob:  # backup drains the block layer; mirror does not
+            jobs.drain()
 
-    def blockdev_backup(args: dict[str, Any], session: Session) -> None:
-        graph.lookup(args["device"])
-        start_backup(args, graph.lookup(args["target"]))
+    def blockdev_copy(cls: type[BackupJob]) -> Any:
+        def handler(args: dict[str, Any], session: Session) -> None:
+            graph.lookup(args["device"])
+            start_copy(args, graph.lookup(args["target"]), cls)
+        return handler
 
-    def drive_backup(args: dict[str, Any], session: Session) -> None:
+    def drive_copy(cls: type[BackupJob]) -> Any:
+        return lambda args, session: drive_copy_start(args, cls)
+
+    def drive_copy_start(args: dict[str, Any], cls: type[BackupJob]) -> None:
         source = graph.lookup(args["device"])
         fmt = args.get("format", "raw")
         if fmt != "raw":
@@ -67,16 +74,20 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         except OSError as e:
             raise QMPError(str(e.strerror)) from e
         try:
-            start_backup(args, target)
+            start_copy(args, target, cls)
         except QMPError:
             target.close()
             raise
         job = jobs.find(args.get("job-id", ""))
         if isinstance(job, BackupJob):
             job.owns_target = True
+        else:
+            target.close()
 
     registry.register("blockdev-add", blockdev_add)
     registry.register("blockdev-del", blockdev_del)
     registry.register("query-named-block-nodes", query_nodes)
-    registry.register("blockdev-backup", blockdev_backup)
-    registry.register("drive-backup", drive_backup)
+    registry.register("blockdev-backup", blockdev_copy(BackupJob))
+    registry.register("drive-backup", drive_copy(BackupJob))
+    registry.register("blockdev-mirror", blockdev_copy(MirrorJob))
+    registry.register("drive-mirror", drive_copy(MirrorJob))

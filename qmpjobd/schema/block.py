@@ -66,3 +66,7 @@ def declare(s: Schema) -> None:
     s.command("blockdev-backup", {**common, "target": "str"})
     s.command("drive-backup", {**common, "target": "str", "*format": "str",
                                "*mode": "NewImageMode"})
+    mirror = {**common, "*replaces": "str", "*granularity": "uint32", "*buf-size": "int"}
+    s.command("blockdev-mirror", {**mirror, "target": "str"})
+    s.command("drive-mirror", {**mirror, "target": "str", "*format": "str",
+                               "*mode": "NewImageMode"})
