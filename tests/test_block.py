@@ -348,3 +348,66 @@ def test_mirror_not_ready_refuses_complete(qmp: Client, files: tuple[Path, Path]
     c.cmd("block-job-cancel", {"device": "m"})  # before READY every cancel is forced
     assert names(events_until(c, "null", "m"))[-4:] == ["aborting", "BLOCK_JOB_CANCELLED",
                                                         "concluded", "null"]
+
+
+def _two_pairs(c: Client, src: Path, dst: Path, tmp_path: Path) -> None:
+    add_files(c, src, dst)
+    src2, dst2 = tmp_path / "src2.img", tmp_path / "dst2.img"
+    src2.write_bytes(os.urandom(4 * MIB))
+    with open(dst2, "wb") as f:
+        f.truncate(4 * MIB)
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "src2", "filename": str(src2)})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "dst2", "filename": str(dst2)})
+
+
+def test_grouped_transaction(qmp: Client, files: tuple[Path, Path], tmp_path: Path) -> None:
+    src, dst = files
+    c = qmp
+    _two_pairs(c, src, dst, tmp_path)
+    c.send(b'{"execute":"transaction","arguments":{"actions":['
+           b'{"type":"blockdev-backup","data":{"device":"src","target":"dst","sync":"full",'
+           b'"job-id":"b1"}},{"type":"blockdev-backup","data":{"device":"src2",'
+           b'"target":"dst2","sync":"full","job-id":"b2"}}],'
+           b'"properties":{"completion-mode":"grouped"}},"id":"c5"}\n')
+    msgs = []
+    while not msgs or msgs[-1].get("id") != "c5":
+        msgs.append(c.recv())
+    # as QEMU 7.2 (tests/data/qemu72-block-transcripts.md, scenario 8a)
+    assert [(m["data"]["status"], m["data"]["id"]) for m in msgs[:-1]] == [
+        ("created", "b1"), ("created", "b2"), ("running", "b1"), ("paused", "b1"),
+        ("running", "b2"), ("paused", "b2"), ("running", "b1"), ("running", "b2")]
+    rest = events_until(c, "null", "b1")
+    pend = [(m["data"]["id"]) for m in rest if m.get("data", {}).get("status") == "pending"]
+    assert pend == ["b2", "b1"]  # newest member first
+    done = [m["data"]["device"] for m in rest if m.get("event") == "BLOCK_JOB_COMPLETED"]
+    assert done == ["b2", "b1"]
+    assert sha(src) == sha(dst) and sha(tmp_path / "src2.img") == sha(tmp_path / "dst2.img")
+
+
+def test_transaction_prepare_failure(qmp: Client, files: tuple[Path, Path],
+                                     tmp_path: Path) -> None:
+    src, dst = files
+    c = qmp
+    _two_pairs(c, src, dst, tmp_path)
+    action = {"type": "blockdev-backup", "data": {"device": "src", "target": "dst",
+                                                  "sync": "full", "job-id": "b1"}}
+    dup = {"type": "blockdev-backup", "data": {"device": "src2", "target": "dst2",
+                                               "sync": "full", "job-id": "b1"}}
+    c.send(b'{"execute":"transaction","arguments":' + __import__("orjson").dumps(
+        {"actions": [action, dup], "properties": {"completion-mode": "grouped"}}) +
+        b',"id":"c5"}\n')
+    msgs = []
+    while not msgs or msgs[-1].get("id") != "c5":
+        msgs.append(c.recv())
+    # scenario 8b: created, aborting, concluded, null, no CANCELLED event, then the error
+    assert [m["data"]["status"] for m in msgs[:-1]] == ["created", "aborting", "concluded",
+                                                         "null"]
+    assert msgs[-1] == {"id": "c5", "error": {"class": "GenericError",
+                                              "desc": "Job ID 'b1' already in use"}}
+    assert c.cmd("query-jobs") == {"return": []}
+    r = c.cmd("transaction", {"actions": [{"type": "abort", "data": {}}],
+                              "properties": {"completion-mode": "grouped"}})
+    assert r["error"]["desc"] == ("Action 'abort' does not support Transaction property "
+                                  "completion-mode = grouped")
+    assert c.cmd("transaction", {"actions": [{"type": "abort", "data": {}}]})["error"][
+        "desc"] == "Transaction aborted using Abort action"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..jobs import JobRegistry
+from ..jobs import JobRegistry, Txn
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
@@ -27,7 +27,9 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     def query_nodes(args: dict[str, Any], session: Session) -> Any:
         return [n.info() for n in reversed(graph.nodes.values())]
 
-    def start_copy(args: dict[str, Any], target_node: Any, cls: type[BackupJob]) -> None:
+    def prepare_copy(args: dict[str, Any], target_node: Any, cls: type[BackupJob],
+                     txn: Txn | None = None) -> BackupJob:
+        """Create (but do not start) a backup or mirror job; QEMU's checks in its order."""
         source = graph.lookup(args["device"])
         if source is target_node:
             raise QMPError("Source and target cannot be the same")
@@ -37,27 +39,20 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         if target_node.length < source.length:
             raise QMPError("Source and target image have different sizes")
         job = cls(args.get("job-id", ""), source, target_node,
-                        on_source_error=args.get("on-source-error", "report"),
-                        on_target_error=args.get("on-target-error", "report"),
-                        auto_finalize=args.get("auto-finalize", True),
-                        auto_dismiss=args.get("auto-dismiss", True),
-                        speed=args.get("speed", 0))
-        jobs.create(job)
+                  on_source_error=args.get("on-source-error", "report"),
+                  on_target_error=args.get("on-target-error", "report"),
+                  auto_finalize=args.get("auto-finalize", True),
+                  auto_dismiss=args.get("auto-dismiss", True),
+                  speed=args.get("speed", 0))
+        jobs.create(job, txn)
         job.attach()
-        jobs.start(job)
-        if cls is BackupJob:  # backup drains the block layer; mirror does not
-            jobs.drain()
+        return job
 
-    def blockdev_copy(cls: type[BackupJob]) -> Any:
-        def handler(args: dict[str, Any], session: Session) -> None:
+    def target_for(args: dict[str, Any], drive: bool) -> tuple[Any, bool]:
+        """The target node: a named node, or (drive-*) a file opened, created if asked."""
+        if not drive:
             graph.lookup(args["device"])
-            start_copy(args, graph.lookup(args["target"]), cls)
-        return handler
-
-    def drive_copy(cls: type[BackupJob]) -> Any:
-        return lambda args, session: drive_copy_start(args, cls)
-
-    def drive_copy_start(args: dict[str, Any], cls: type[BackupJob]) -> None:
+            return graph.lookup(args["target"]), False
         source = graph.lookup(args["device"])
         fmt = args.get("format", "raw")
         if fmt != "raw":
@@ -70,24 +65,64 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             except OSError as e:
                 raise QMPError(f"Could not create '{path}': {os.strerror(e.errno or 5)}") from e
         try:
-            target = FileNode(f"#backup-target-{args.get('job-id', '')}", path)
+            return FileNode(f"#target-{args.get('job-id', '')}", path), True
         except OSError as e:
             raise QMPError(str(e.strerror)) from e
+
+    def prepare(args: dict[str, Any], cls: type[BackupJob], drive: bool,
+                txn: Txn | None = None) -> BackupJob:
+        target, owned = target_for(args, drive)
         try:
-            start_copy(args, target, cls)
+            job = prepare_copy(args, target, cls, txn)
         except QMPError:
-            target.close()
+            if owned:
+                target.close()
             raise
-        job = jobs.find(args.get("job-id", ""))
-        if isinstance(job, BackupJob):
-            job.owns_target = True
-        else:
-            target.close()
+        job.owns_target = owned
+        return job
+
+    def copy_command(cls: type[BackupJob], drive: bool) -> Any:
+        def handler(args: dict[str, Any], session: Session) -> None:
+            job = prepare(args, cls, drive)
+            jobs.start(job)
+            if cls is BackupJob:  # backup drains the block layer; mirror does not
+                jobs.drain()
+        return handler
+
+    def transaction(args: dict[str, Any], session: Session) -> None:
+        actions = args["actions"]
+        grouped = args.get("properties", {}).get("completion-mode") == "grouped"
+        txn = Txn() if grouped else None
+        created: list[BackupJob] = []
+        try:
+            for action in actions:
+                kind = action["type"]
+                if grouped and kind == "abort":
+                    raise QMPError(f"Action '{kind}' does not support Transaction property "
+                                   "completion-mode = grouped")
+                if kind == "abort":
+                    raise QMPError("Transaction aborted using Abort action")
+                created.append(prepare(action["data"], BackupJob, kind == "drive-backup", txn))
+        except QMPError:
+            for job in created:  # never started: created -> aborting -> concluded -> null
+                jobs.cancel(job, True)
+            raise
+        # commit under a drain: each job starts and pauses at once, all resume at the end
+        others = [j for j in jobs.jobs if j not in created and j.is_block_job and j.started
+                  and j.pause_count == 0 and j.status in ("running", "ready")]
+        for other in others:
+            jobs.transition(other, "standby" if other.status == "ready" else "paused")
+        for job in created:
+            jobs.start(job)
+            jobs.transition(job, "paused")
+        for any_job in [*created, *others]:
+            jobs.transition(any_job, "ready" if any_job.status == "standby" else "running")
 
     registry.register("blockdev-add", blockdev_add)
     registry.register("blockdev-del", blockdev_del)
     registry.register("query-named-block-nodes", query_nodes)
-    registry.register("blockdev-backup", blockdev_copy(BackupJob))
-    registry.register("drive-backup", drive_copy(BackupJob))
-    registry.register("blockdev-mirror", blockdev_copy(MirrorJob))
-    registry.register("drive-mirror", drive_copy(MirrorJob))
+    registry.register("blockdev-backup", copy_command(BackupJob, drive=False))
+    registry.register("drive-backup", copy_command(BackupJob, drive=True))
+    registry.register("blockdev-mirror", copy_command(MirrorJob, drive=False))
+    registry.register("drive-mirror", copy_command(MirrorJob, drive=True))
+    registry.register("transaction", transaction)

@@ -63,9 +63,23 @@ def declare(s: Schema) -> None:
     common = {"*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
               "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
               "*auto-finalize": "bool", "*auto-dismiss": "bool"}
-    s.command("blockdev-backup", {**common, "target": "str"})
-    s.command("drive-backup", {**common, "target": "str", "*format": "str",
-                               "*mode": "NewImageMode"})
+    s.struct("BlockdevBackup", {**common, "target": "str"})
+    s.struct("DriveBackup", {**common, "target": "str", "*format": "str",
+                             "*mode": "NewImageMode"})
+    s.command("blockdev-backup", "BlockdevBackup")
+    s.command("drive-backup", "DriveBackup")
+    s.enum("TransactionActionKind", ["abort", "blockdev-backup", "drive-backup"])
+    s.struct("Abort", {})
+    s.struct("AbortWrapper", {"data": "Abort"})
+    s.struct("BlockdevBackupWrapper", {"data": "BlockdevBackup"})
+    s.struct("DriveBackupWrapper", {"data": "DriveBackup"})
+    s.union("TransactionAction", {"type": "TransactionActionKind"}, "type",
+            {"abort": "AbortWrapper", "blockdev-backup": "BlockdevBackupWrapper",
+             "drive-backup": "DriveBackupWrapper"})
+    s.enum("ActionCompletionMode", ["individual", "grouped"])
+    s.struct("TransactionProperties", {"*completion-mode": "ActionCompletionMode"})
+    s.command("transaction", {"actions": ["TransactionAction"],
+                              "*properties": "TransactionProperties"})
     mirror = {**common, "*replaces": "str", "*granularity": "uint32", "*buf-size": "int"}
     s.command("blockdev-mirror", {**mirror, "target": "str"})
     s.command("drive-mirror", {**mirror, "target": "str", "*format": "str",
