@@ -67,6 +67,11 @@ class BackupJob(Job):
             self.target.close()
 
     async def run(self) -> None:
+        await self.copy_all()
+        await asyncio.to_thread(self.target.flush)
+
+    async def copy_all(self) -> None:
+        """One pass over the source, CHUNK by CHUNK, with progress, policies and speed."""
         length = self.source.length
         self.set_progress(0, length)
         offset = 0
@@ -76,7 +81,6 @@ class BackupJob(Job):
             offset += n
             self.set_progress(offset)
             await self.rate_limit(n)
-        await asyncio.to_thread(self.target.flush)
 
     async def _copy_with_policy(self, offset: int, n: int) -> None:
         while True:

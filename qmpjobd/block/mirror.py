@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backup import CHUNK, BackupJob
+from .backup import BackupJob
 
 
 class MirrorJob(BackupJob):
@@ -24,15 +24,7 @@ class MirrorJob(BackupJob):
         self.pivoted = False
 
     async def run(self) -> None:
-        length = self.source.length
-        self.set_progress(0, length)
-        offset = 0
-        while offset < length:
-            n = min(CHUNK, length - offset)
-            await self._copy_with_policy(offset, n)
-            offset += n
-            self.set_progress(offset)
-            await self.rate_limit(n)
+        await self.copy_all()
         self.set_ready()
         while not (self.completion_requested or self.cancelled):
             await self.sleep(0.1)  # in sync; a pause point for pause and cancel

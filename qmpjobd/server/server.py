@@ -203,6 +203,7 @@ class Server:
             except FileNotFoundError:
                 log.warning("socket %s was removed by someone else", path)
         self._owned_paths.clear()
+        self.block.close()
 
 
 def _is_loopback(host: str) -> bool:
