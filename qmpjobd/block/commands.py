@@ -33,6 +33,10 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         source = graph.lookup(args["device"])
         if source is target_node:
             raise QMPError("Source and target cannot be the same")
+        if target_node.job_targets:
+            kinds = ", ".join(sorted(target_node.job_targets))
+            raise QMPError(f"Node '{target_node.node_name}' is busy: block device is in use by "
+                           f"block job: {kinds}")
         sync = args["sync"]
         if sync not in ("full", "top"):
             raise QMPError(f"sync mode '{sync}' is not supported by qmpjobd")
@@ -83,10 +87,27 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
 
     def copy_command(cls: type[BackupJob], drive: bool) -> Any:
         def handler(args: dict[str, Any], session: Session) -> None:
-            job = prepare(args, cls, drive)
-            jobs.start(job)
-            if cls is BackupJob:  # backup drains the block layer; mirror does not
-                jobs.drain()
+            if cls is not BackupJob:  # mirror does not drain
+                jobs.start(prepare(args, cls, drive))
+                return
+            # backup runs as a one-action transaction, as in QEMU 7.2: a full drain first,
+            # then the source stays drained while the job is created and started
+            jobs.drain()
+            source = graph.nodes.get(args["device"])
+            held = [j for j in jobs.jobs if j.is_block_job and j.started
+                    and j.pause_count == 0 and j.status in ("running", "ready")
+                    and source is not None and isinstance(j, BackupJob)
+                    and source in (j.source, j.target)]
+            for j in held:
+                jobs.transition(j, "standby" if j.status == "ready" else "paused")
+            try:
+                job = prepare(args, cls, drive)
+                jobs.start(job)
+                jobs.transition(job, "paused")
+                held.append(job)
+            finally:
+                for j in held:
+                    jobs.transition(j, "ready" if j.status == "standby" else "running")
         return handler
 
     def transaction(args: dict[str, Any], session: Session) -> None:

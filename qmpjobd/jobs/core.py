@@ -492,27 +492,35 @@ class JobRegistry:
             if other is not job:
                 self._cancel_async(other, True)
                 other.wake()
-        running = [j._task for j in txn.jobs
-                   if j.started and j.status not in COMPLETED_STATUSES and j._task is not None]
-        if running:
-            task = asyncio.get_running_loop().create_task(self._abort_after(txn, running))
+        if any(self._still_running(j) for j in txn.jobs):
+            task = asyncio.get_running_loop().create_task(self._abort_async(txn))
             for pool in (self._tasks, self._aborts):
                 pool.add(task)
                 task.add_done_callback(pool.discard)
         else:
-            self._abort_finish(txn)
+            while txn.jobs:
+                self._abort_one(txn.jobs[0])
 
-    async def _abort_after(self, txn: Txn, tasks: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._abort_finish(txn)
+    @staticmethod
+    def _still_running(job: Job) -> bool:
+        return (job.started and job.status not in COMPLETED_STATUSES and job._task is not None
+                and not job._task.done())
 
-    def _abort_finish(self, txn: Txn) -> None:
+    async def _abort_async(self, txn: Txn) -> None:
+        """Members newest first: each still running one is driven to its end (it then shows
+        ``aborting``) before it is finalized, as job_completed_txn_abort() does."""
         while txn.jobs:
             other = txn.jobs[0]
-            if other.status not in COMPLETED_STATUSES:
-                other.deferred = True
-                self._update_rc(other)
-            self._finalize_single(other)
+            if self._still_running(other) and other._task is not None:
+                await asyncio.wait([other._task])
+            if txn.jobs and txn.jobs[0] is other:
+                self._abort_one(other)
+
+    def _abort_one(self, job: Job) -> None:
+        if job.status not in COMPLETED_STATUSES:
+            job.deferred = True
+            self._update_rc(job)
+        self._finalize_single(job)
 
     async def cancel_all(self, grace: float = 30.0) -> None:
         """quit / SIGTERM: force-cancel every job, newest first, and dismiss them all.
