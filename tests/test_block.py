@@ -77,7 +77,8 @@ def test_nodes_add_query_delete(qmp: Client, files: tuple[Path, Path]) -> None:
                                    "format": "file", "actual-size": 8 * MIB,
                                    "dirty-flag": False}
     assert nodes["r"]["drv"] == "raw" and nodes["r"]["file"] == str(src)
-    assert nodes["n"]["image"] == {"virtual-size": 4 * MIB, "filename": "null-co://",
+    assert nodes["n"]["image"] == {"virtual-size": 4 * MIB,
+                                   "filename": 'json:{"driver": "null-co", "size": 4194304}',
                                    "format": "null-co", "actual-size": 0}
     assert nodes["d"]["drv"] == "blkdebug"
     assert [n["node-name"] for n in c.cmd("query-named-block-nodes")["return"]] == [
@@ -411,3 +412,44 @@ def test_transaction_prepare_failure(qmp: Client, files: tuple[Path, Path],
                                   "completion-mode = grouped")
     assert c.cmd("transaction", {"actions": [{"type": "abort", "data": {}}]})["error"][
         "desc"] == "Transaction aborted using Abort action"
+
+
+def _normalize_nodes(value: Any, root: str) -> Any:
+    import re
+    text = __import__("json").dumps(value).replace(root, "<tmp>")
+    return __import__("json").loads(re.sub(r"#block\d+", "#block", text))
+
+
+def test_query_named_block_nodes_matches_qemu(qemu: Daemon, daemon: Daemon,
+                                              tmp_path: Path) -> None:
+    """The same nodes added to QEMU 7.2 and to qmpjobd give the same query output."""
+    outputs = []
+    for server, sub in ((qemu, "q"), (daemon, "d")):
+        root = tmp_path / sub
+        root.mkdir()
+        (root / "src.img").write_bytes(os.urandom(4 * MIB))
+        with Client(server.path) as c:
+            c.negotiate()
+            adds = [
+                {"driver": "file", "node-name": "src", "filename": str(root / "src.img")},
+                {"driver": "raw", "node-name": "srcraw", "file": "src"},
+                {"driver": "raw", "node-name": "r2",
+                 "file": {"driver": "file", "filename": str(root / "src.img")}},
+                {"driver": "null-co", "node-name": "nuldef"},
+                {"driver": "null-co", "node-name": "nul", "size": 4 * MIB},
+                {"driver": "null-co", "node-name": "nulz", "size": 4 * MIB, "read-zeroes": True},
+                {"driver": "blkdebug", "node-name": "dbg", "image": "src",
+                 "inject-error": [{"event": "read_aio", "errno": 5, "once": False}]},
+                {"driver": "blkdebug", "node-name": "dbg2", "image": "src",
+                 "inject-error": [{"event": "write_aio", "errno": 5}]},
+            ]
+            for a in adds:
+                assert c.cmd("blockdev-add", a) == {"return": {}}, a
+            outputs.append([_normalize_nodes(c.cmd("query-named-block-nodes", args),
+                                             str(root))
+                            for args in (None, {"flat": True})])
+    for ours, theirs in zip(outputs[1], outputs[0], strict=True):
+        for a, b in zip(ours["return"], theirs["return"], strict=True):
+            assert a == b, "\nqmpjobd: " + __import__("json").dumps(a) + "\nQEMU:    " + \
+                __import__("json").dumps(b)
+        assert len(ours["return"]) == len(theirs["return"])

@@ -25,7 +25,8 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         graph.delete(args["node-name"])
 
     def query_nodes(args: dict[str, Any], session: Session) -> Any:
-        return [n.info() for n in reversed(graph.nodes.values())]
+        flat = args.get("flat", False)
+        return [n.info(flat) for n in reversed(graph.nodes.values())]
 
     def prepare_copy(args: dict[str, Any], target_node: Any, cls: type[BackupJob],
                      txn: Txn | None = None) -> BackupJob:

@@ -42,7 +42,8 @@ class BlockGraph:
             except OSError as e:
                 raise QMPError(str(e.strerror)) from e
         elif driver == "null-co":
-            node = NullNode(name, opts.get("size", 1 << 30), opts.get("read-zeroes", False))
+            node = NullNode(name, opts.get("size", 1 << 30), opts.get("read-zeroes", False),
+                            {k: v for k, v in opts.items() if k not in ("driver", "node-name")})
         elif driver == "raw":
             child = self._child(opts["file"])
             node = RawNode(name, child, opts.get("offset", 0), opts.get("size"), read_only)
@@ -50,7 +51,7 @@ class BlockGraph:
             child = self._child(opts["image"])
             rules = [InjectRule(r["event"], r.get("errno", errnos.EIO), r.get("sector"),
                                 r.get("once", False)) for r in opts.get("inject-error", [])]
-            node = BlkdebugNode(name, child, rules)
+            node = BlkdebugNode(name, child, rules, opts.get("inject-error", []))
         for child in node.children:
             child.parents.append(node)
         node.monitor_owned = top
