@@ -154,6 +154,17 @@ class Client:
             out.append(msg)
 
 
+def until_status(c: Client, status: str, job_id: str) -> list[Any]:
+    """Read messages until JOB_STATUS_CHANGE ``status`` for ``job_id``; return all of them."""
+    seen = []
+    while True:
+        msg = c.recv()
+        seen.append(msg)
+        if msg.get("event") == "JOB_STATUS_CHANGE" and msg["data"] == {"status": status,
+                                                                       "id": job_id}:
+            return seen
+
+
 def strip_volatile(msgs: list[Any]) -> list[Any]:
     """Drop what legitimately differs between QEMU and qmpjobd: timestamps."""
     out = []

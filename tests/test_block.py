@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from qmptest import Client, Daemon, start_qmpjobd
+from qmptest import Client, Daemon, start_qmpjobd, until_status
 
 MIB = 1 << 20
 
@@ -40,13 +40,7 @@ def qmp(daemon: Daemon) -> Any:
 
 
 def events_until(c: Client, status: str, job_id: str = "bk") -> list[Any]:
-    out = []
-    while True:
-        m = c.recv()
-        out.append(m)
-        if m.get("event") == "JOB_STATUS_CHANGE" and m["data"] == {"status": status,
-                                                                   "id": job_id}:
-            return out
+    return until_status(c, status, job_id)
 
 
 def names(msgs: list[Any]) -> list[str]:

@@ -17,7 +17,7 @@ from qmpjobd.jobs import Job, JobError, JobRegistry, Txn
 from qmpjobd.jobs.commands import block_job_info, job_info
 from qmpjobd.jobs.tables import STATUSES, VERBS
 from qmpjobd.protocol.errors import QMPError
-from qmptest import Client, start_qmpjobd
+from qmptest import Client, start_qmpjobd, until_status
 
 ALLOWED_TRANSITIONS = {
     "undefined": {"created"},
@@ -435,14 +435,7 @@ async def test_listing_is_newest_first(reg: Any) -> None:
 EXAMPLE = str(Path(__file__).parent.parent / "examples" / "countdown_job.py")
 
 
-def _until_event(c: Client, status: str, job_id: str) -> list[Any]:
-    seen = []
-    while True:
-        msg = c.recv()
-        seen.append(msg)
-        if msg.get("event") == "JOB_STATUS_CHANGE" and msg["data"] == {"status": status,
-                                                                       "id": job_id}:
-            return seen
+_until_event = until_status
 
 
 def test_libvirt_style_flow_with_plugin_job(tmp_path: Path) -> None:
