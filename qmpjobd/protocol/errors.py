@@ -27,7 +27,3 @@ class QMPError(QmpjobdError):
     def __repr__(self) -> str:
         return f"QMPError({self.desc!r}, {self.error_class!r})"
 
-
-def command_not_found(desc: str) -> QMPError:
-    """A CommandNotFound error (unknown command, negotiation state)."""
-    return QMPError(desc, "CommandNotFound")

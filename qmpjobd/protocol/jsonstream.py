@@ -335,7 +335,6 @@ class JSONStream:
         self._bracket = 0
         self._size = 0
         self._pending: Any = NEED_DATA
-        self.fast_hits = 0
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -350,11 +349,6 @@ class JSONStream:
     def buffered(self) -> int:
         """Bytes received but not yet turned into messages."""
         return self._base + len(self._buf) - self._pos
-
-    @property
-    def clean(self) -> bool:
-        """True when no partial token or message is pending."""
-        return self._state == _START and not self._spans
 
     # -- output --------------------------------------------------------------------------------
 
@@ -426,7 +420,6 @@ class JSONStream:
         if self._pos - self._base == len(buf):
             buf.clear()
             self._base = self._pos
-        self.fast_hits += 1
         return value
 
     # -- the exact path ------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from . import block, core, jobs
 from .model import Command, Event, Schema
-from .registry import EventSink, Handler, NullSink, Registry
+from .registry import EventSink, Handler, Registry
 
-__all__ = ["Command", "Event", "EventSink", "Handler", "NullSink", "Registry", "Schema",
+__all__ = ["Command", "Event", "EventSink", "Handler", "Registry", "Schema",
            "build_schema"]
 
 

@@ -24,13 +24,6 @@ class EventSink(Protocol):
         ``capability``, only to clients that enabled it in qmp_capabilities."""
 
 
-class NullSink:
-    """An event sink that drops everything (for library use without a server)."""
-
-    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
-        """Drop the event."""
-
-
 class Registry:
     """Maps declared command names to handlers; refuses handlers for undeclared commands."""
 
