@@ -447,3 +447,102 @@ def test_query_named_block_nodes_matches_qemu(qemu: Daemon, daemon: Daemon,
             assert a == b, "\nqmpjobd: " + __import__("json").dumps(a) + "\nQEMU:    " + \
                 __import__("json").dumps(b)
         assert len(ours["return"]) == len(theirs["return"])
+
+
+# -- regressions from review ------------------------------------------------------------------
+
+def test_deleted_inline_child_stays_alive_for_its_job(qmp: Client, files: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    src, dst = files
+    c = qmp
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "src", "filename": str(src)})
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "tr",
+                           "file": {"driver": "file", "node-name": "tchild",
+                                    "filename": str(dst)}})
+    c.cmd("blockdev-backup", {"device": "src", "target": "tchild", "sync": "full",
+                              "job-id": "bk", "speed": 2 * MIB})
+    assert c.cmd("blockdev-del", {"node-name": "tr"}) == {"return": {}}
+    victim = tmp_path / "victim.img"
+    victim.write_bytes(b"V" * MIB)
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "victim", "filename": str(victim)})
+    c.cmd("block-job-set-speed", {"device": "bk", "speed": 0})
+    events_until(c, "null")
+    assert sha(src) == sha(dst)
+    assert victim.read_bytes() == b"V" * MIB
+    names_left = {n["node-name"] for n in c.cmd("query-named-block-nodes")["return"]}
+    assert names_left == {"src", "victim"}  # the orphan went once the job let go
+
+
+def test_grouped_transaction_late_failure(qmp: Client, files: tuple[Path, Path],
+                                          tmp_path: Path) -> None:
+    src, dst = files
+    c = qmp
+    _two_pairs(c, src, dst, tmp_path)
+    r = c.cmd("transaction", {"actions": [
+        {"type": "blockdev-backup", "data": {"device": "src", "target": "dst", "sync": "full",
+                                             "job-id": "b1"}},
+        {"type": "blockdev-backup", "data": {"device": "src2", "target": "dst2",
+                                             "sync": "full", "job-id": "b2"}},
+        {"type": "blockdev-backup", "data": {"device": "nope", "target": "dst2",
+                                             "sync": "full", "job-id": "b3"}}],
+        "properties": {"completion-mode": "grouped"}})
+    assert r["error"]["desc"] == "Cannot find device='nope' nor node-name='nope'"
+    assert c.cmd("query-jobs") == {"return": []}
+
+
+def test_node_names_read_only_and_raw_bounds(qmp: Client, files: tuple[Path, Path]) -> None:
+    src, dst = files
+    c = qmp
+    def err(args: dict[str, Any]) -> str:
+        return str(c.cmd("blockdev-add", args)["error"]["desc"])
+    assert err({"driver": "null-co", "node-name": "bad name"}) == "Invalid node-name: 'bad name'"
+    assert err({"driver": "null-co", "node-name": "#block001"}) == \
+        "Invalid node-name: '#block001'"
+    assert err({"driver": "null-co", "node-name": "n" * 32}) == "Node name too long"
+    assert err({"driver": "raw", "node-name": "x",
+                "file": {"driver": "null-co", "node-name": "x"}}) == \
+        "Duplicate nodes with node-name='x'"
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "src", "filename": str(src)})
+    assert err({"driver": "raw", "node-name": "neg", "offset": -512, "file": "src"}) == \
+        "Parameter 'offset' expects a non-negative number below 2^64"
+    assert err({"driver": "raw", "node-name": "huge", "size": 1 << 40, "file": "src"}) == (
+        f"The sum of offset (0) and size ({1 << 40}) has to be smaller or equal to the actual "
+        f"size of the containing file ({8 * MIB})")
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "ro", "read-only": True,
+                           "file": {"driver": "file", "filename": str(dst)}})
+    before = sha(dst)
+    assert c.cmd("blockdev-backup", {"device": "src", "target": "ro", "sync": "full",
+                                     "job-id": "b"})["error"]["desc"] == \
+        "Could not create node: Block node is read-only"
+    assert sha(dst) == before
+
+
+def test_fifo_is_refused_without_blocking(qmp: Client, files: tuple[Path, Path],
+                                          tmp_path: Path, daemon: Daemon) -> None:
+    src, _ = files
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    c = qmp
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "src", "filename": str(src)})
+    r = c.cmd("blockdev-add", {"driver": "file", "node-name": "f", "filename": str(fifo)})
+    assert "not a regular file" in r["error"]["desc"]
+    r = c.cmd("drive-backup", {"device": "src", "target": str(fifo), "sync": "full",
+                               "job-id": "j", "mode": "existing"})
+    assert "not a regular file" in r["error"]["desc"]
+    with Client(daemon.path) as other:  # the daemon is still serving everyone
+        other.negotiate()
+        assert other.cmd("query-status")["return"]["status"] == "running"
+
+
+def test_out_of_range_errno_is_an_io_error(qmp: Client, files: tuple[Path, Path]) -> None:
+    _, dst = files
+    c = qmp
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "bad", "file": {
+        "driver": "blkdebug", "image": {"driver": "null-co", "size": MIB},
+        "inject-error": [{"event": "read_aio", "errno": 1 << 40}]}})
+    c.cmd("blockdev-add", {"driver": "file", "node-name": "dst", "filename": str(dst)})
+    c.cmd("blockdev-backup", {"device": "bad", "target": "dst", "sync": "full",
+                              "job-id": "bk"})
+    msgs = events_until(c, "null")
+    done = [m["data"] for m in msgs if m.get("event") == "BLOCK_JOB_COMPLETED"]
+    assert done[0]["error"] == "Input/output error"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno as errnos
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..jobs import Job, JobError
@@ -48,6 +49,8 @@ class BackupJob(Job):
         self.target = target
         self.on_source_error = on_source_error
         self.on_target_error = on_target_error
+        self.on_clean: Callable[[], None] | None = None
+        """Called once the job lets go of its nodes (the graph closes orphaned ones)."""
         self.owns_target = False
         """drive-backup opened the target itself and closes it when the job ends."""
         src, dst = source.plain_file(), target.plain_file()
@@ -65,6 +68,8 @@ class BackupJob(Job):
         self.target.job_targets.discard(self.job_type)
         if self.owns_target:
             self.target.close()
+        if self.on_clean is not None:
+            self.on_clean()
 
     async def run(self) -> None:
         await self.copy_all()

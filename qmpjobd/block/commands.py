@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..jobs import JobRegistry, Txn
@@ -34,6 +33,8 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         source = graph.lookup(args["device"])
         if source is target_node:
             raise QMPError("Source and target cannot be the same")
+        if target_node.read_only:
+            raise QMPError("Could not create node: Block node is read-only")
         if target_node.job_targets:
             kinds = ", ".join(sorted(target_node.job_targets))
             raise QMPError(f"Node '{target_node.node_name}' is busy: block device is in use by "
@@ -51,6 +52,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                   speed=args.get("speed", 0))
         jobs.create(job, txn)
         job.attach()
+        job.on_clean = graph.collect
         return job
 
     def target_for(args: dict[str, Any], drive: bool) -> tuple[Any, bool]:
@@ -63,14 +65,11 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         if fmt != "raw":
             raise QMPError(f"Unknown driver '{fmt}'")
         path = args["target"]
-        if args.get("mode", "absolute-paths") == "absolute-paths":
-            try:
-                with open(path, "wb") as f:
-                    f.truncate(source.length)
-            except OSError as e:
-                raise QMPError(f"Could not create '{path}': {os.strerror(e.errno or 5)}") from e
+        create = source.length if args.get("mode", "absolute-paths") == "absolute-paths" \
+            else None
         try:
-            return FileNode(f"#target-{args.get('job-id', '')}", path), True
+            return FileNode(f"#target-{args.get('job-id', '')}", path,
+                            create_size=create), True
         except OSError as e:
             raise QMPError(str(e.strerror)) from e
 
@@ -127,7 +126,8 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                 created.append(prepare(action["data"], BackupJob, kind == "drive-backup", txn))
         except QMPError:
             for job in created:  # never started: created -> aborting -> concluded -> null
-                jobs.cancel(job, True)
+                if job.status == "created":  # a grouped abort may have taken the rest
+                    jobs.cancel(job, True)
             raise
         # commit under a drain: each job starts and pauses at once, all resume at the end
         others = [j for j in jobs.jobs if j not in created and j.is_block_job and j.started

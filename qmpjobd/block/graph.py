@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import errno as errnos
+import re
 from typing import Any
 
 from ..protocol.errors import QMPError
 from .nodes import BlkdebugNode, BlockNode, FileNode, InjectRule, NullNode, RawNode
+
+_NODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
+MAX_DEPTH = 64
+"""Deepest chain of nodes accepted (QEMU has no fixed limit; Python's recursion does)."""
 
 
 class BlockGraph:
@@ -15,6 +20,7 @@ class BlockGraph:
     def __init__(self) -> None:
         self.nodes: dict[str, BlockNode] = {}
         self._auto = 0
+        self._reserved: set[str] = set()
 
     def lookup(self, name: str) -> BlockNode:
         """A node by name, with QEMU's text for a missing one (bdrv_lookup_bs)."""
@@ -23,16 +29,48 @@ class BlockGraph:
             raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
         return node
 
-    def add(self, opts: dict[str, Any], top: bool = True) -> BlockNode:
-        """blockdev-add: build a node (and inline children) from validated options."""
+    def add(self, opts: dict[str, Any]) -> BlockNode:
+        """blockdev-add: build a node and its inline children, all or nothing."""
+        created: list[BlockNode] = []
+        self._reserved = set()
+        try:
+            node = self._build(opts, True, created, 0)
+        except BaseException:
+            for n in created:
+                n.close()
+            raise
+        finally:
+            self._reserved = set()
+        for n in created:
+            for child in n.children:
+                child.parents.append(n)
+            self.nodes[n.node_name] = n
+        return node
+
+    def _name(self, opts: dict[str, Any], top: bool, created: list[BlockNode]) -> str:
         name = opts.get("node-name")
         if name is None:
             if top:
                 raise QMPError("'node-name' must be specified for the root node")
-            self._auto += 1
-            name = f"#block{self._auto:03d}"
-        elif name in self.nodes:
+            while True:
+                self._auto += 1
+                name = f"#block{self._auto:03d}"
+                if name not in self.nodes:
+                    return name
+        if not _NODE_NAME.match(name):
+            raise QMPError(f"Invalid node-name: '{name}'")
+        if len(name) > 31:
+            raise QMPError("Node name too long")
+        if name in self.nodes or name in self._reserved:
             raise QMPError(f"Duplicate nodes with node-name='{name}'")
+        self._reserved.add(name)
+        return str(name)
+
+    def _build(self, opts: dict[str, Any], top: bool, created: list[BlockNode],
+               depth: int) -> BlockNode:
+        if depth > MAX_DEPTH:
+            raise QMPError(f"Block graph too deep (more than {MAX_DEPTH} levels)")
+        name = self._name(opts, top, created)
         driver = opts["driver"]
         read_only = opts.get("read-only", False)
         node: BlockNode
@@ -42,26 +80,39 @@ class BlockGraph:
             except OSError as e:
                 raise QMPError(str(e.strerror)) from e
         elif driver == "null-co":
-            node = NullNode(name, opts.get("size", 1 << 30), opts.get("read-zeroes", False),
+            node = NullNode(name, max(0, opts.get("size", 1 << 30)),
+                            opts.get("read-zeroes", False),
                             {k: v for k, v in opts.items() if k not in ("driver", "node-name")})
+            node.read_only = read_only
         elif driver == "raw":
-            child = self._child(opts["file"])
-            node = RawNode(name, child, opts.get("offset", 0), opts.get("size"), read_only)
+            child = self._child(opts["file"], created, depth)
+            offset, size = opts.get("offset", 0), opts.get("size")
+            for key, value in (("offset", offset), ("size", size)):
+                if value is not None and value < 0:
+                    raise QMPError(f"Parameter '{key}' expects a non-negative number "
+                                   "below 2^64")
+            if size is not None and offset + size > child.length:
+                raise QMPError(f"The sum of offset ({offset}) and size ({size}) has to be "
+                               "smaller or equal to the actual size of the containing file "
+                               f"({child.length})")
+            node = RawNode(name, child, offset, size, read_only or child.read_only)
         else:  # blkdebug
-            child = self._child(opts["image"])
+            child = self._child(opts["image"], created, depth)
             rules = [InjectRule(r["event"], r.get("errno", errnos.EIO), r.get("sector"),
                                 r.get("once", False)) for r in opts.get("inject-error", [])]
             node = BlkdebugNode(name, child, rules, opts.get("inject-error", []))
-        for child in node.children:
-            child.parents.append(node)
+            node.read_only = read_only or child.read_only
         node.monitor_owned = top
-        self.nodes[name] = node
+        node.depth = 1 + max((c.depth for c in node.children), default=0)
+        if node.depth > MAX_DEPTH:
+            raise QMPError(f"Block graph too deep (more than {MAX_DEPTH} levels)")
+        created.append(node)
         return node
 
-    def _child(self, ref: Any) -> BlockNode:
+    def _child(self, ref: Any, created: list[BlockNode], depth: int) -> BlockNode:
         if isinstance(ref, str):
             return self.lookup(ref)
-        return self.add(ref, top=False)
+        return self._build(ref, False, created, depth + 1)
 
     def delete(self, name: str) -> None:
         """blockdev-del: only an unused top node goes, with its implicit children."""
@@ -83,8 +134,21 @@ class BlockGraph:
         node.close()
         for child in node.children:
             child.parents.remove(node)
-            if not child.monitor_owned and not child.parents:
-                self._drop(child)
+        self.collect()
+
+    def collect(self) -> None:
+        """Close inline children that lost their parent once no job uses them any more
+        (a job keeps the node it copies to or from alive, as QEMU's reference does)."""
+        while True:
+            orphans = [n for n in self.nodes.values() if not n.monitor_owned and not n.parents
+                       and not n.users and not n.job_targets]
+            if not orphans:
+                return
+            for n in orphans:
+                del self.nodes[n.node_name]
+                n.close()
+                for child in n.children:
+                    child.parents.remove(n)
 
     def close(self) -> None:
         """Close every node (daemon exit)."""

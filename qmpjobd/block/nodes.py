@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno as errnos
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ class BlockNode:
         """Jobs (by id) that use this node; a used node cannot be deleted."""
         self.job_targets: set[str] = set()
         """Jobs (by type) writing to this node: blockdev-del names them."""
+        self.depth = 1
+        """Longest chain of nodes from here down (bounded by the graph)."""
         self.monitor_owned = False
         """Added by blockdev-add itself (not an inline child): only these can be deleted."""
 
@@ -106,14 +109,11 @@ class FileNode(BlockNode):
 
     driver = "file"
 
-    def __init__(self, node_name: str, path: str, read_only: bool = False) -> None:
+    def __init__(self, node_name: str, path: str, read_only: bool = False,
+                 create_size: int | None = None) -> None:
         super().__init__(node_name, read_only)
         self.path = path
-        try:
-            self.fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
-        except OSError as e:
-            err = e.errno or errnos.EIO
-            raise OSError(err, f"Could not open '{path}': {os.strerror(err)}") from e
+        self.fd = open_image(path, read_only, create_size)
 
     @property
     def length(self) -> int:
@@ -149,6 +149,33 @@ class FileNode(BlockNode):
 
     def json_options(self) -> dict[str, Any]:
         return {"driver": "file", "filename": self.path}
+
+
+def open_image(path: str, read_only: bool, create_size: int | None = None) -> int:
+    """Open a regular file or block device without ever blocking the event loop.
+
+    O_NONBLOCK keeps a FIFO from hanging the open; anything that is not a regular file or a
+    block device is refused.  With ``create_size`` the file is created (or truncated) to
+    that size first, as drive-backup's absolute-paths mode does.
+    """
+    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK
+    if create_size is not None:
+        flags |= os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        err = e.errno or errnos.EIO
+        raise OSError(err, f"Could not open '{path}': {os.strerror(err)}") from e
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise OSError(errnos.EINVAL, f"Could not open '{path}': not a regular file or "
+                                     "block device")
+    os.set_blocking(fd, True)
+    if create_size is not None and stat.S_ISREG(mode):
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, create_size)
+    return fd
 
 
 class RawNode(BlockNode):
@@ -266,7 +293,8 @@ class BlkdebugNode(BlockNode):
                     if not (offset < start + 512 and start < offset + length):
                         continue
                 rule.fired = True
-                raise OSError(rule.errno, os.strerror(rule.errno))
+                err = rule.errno if 0 < rule.errno < 4096 else errnos.EIO
+                raise OSError(err, os.strerror(err))
 
     def pread(self, offset: int, length: int, event: bool = False) -> bytes:
         if event:

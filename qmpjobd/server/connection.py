@@ -125,8 +125,17 @@ class Connection(asyncio.Protocol):
         stream = self.stream
         dispatcher = self.server.dispatcher
         session = self.session
+        high = self.server.limits.write_high
+        counted = queued = 0
+        full = False
         try:
             while not self.closed and not self.write_paused:
+                for chunk in out[counted:]:
+                    queued += len(chunk)
+                counted = len(out)
+                if queued > high:  # stop here; the rest waits until this much is written
+                    full = True
+                    break
                 if self.busy:
                     if not session.oob or len(self.inband) >= OOB_QUEUE_MAX:
                         break
@@ -152,8 +161,10 @@ class Connection(asyncio.Protocol):
                 if self.debug:
                     log.debug("conn%d --> %r", self.id, data)
                 self.transport.write(data)
-        if self.busy or self.write_paused or self.read_paused:
-            self._flow_control()
+        if full and not self.write_paused and not self.closed:
+            asyncio.get_running_loop().call_soon(self._pump)
+        if full or self.busy or self.write_paused or self.read_paused:
+            self._flow_control(full)
 
     def _execute(self, item: Any, dispatcher: Any, session: Session, out: list[bytes],
                  oob: bool) -> None:
@@ -178,10 +189,10 @@ class Connection(asyncio.Protocol):
             self.send(reply)
             self._pump()
 
-    def _flow_control(self) -> None:
+    def _flow_control(self, full: bool = False) -> None:
         if self.transport is None or self.closed:
             return
-        blocked = self.busy or self.write_paused
+        blocked = self.busy or self.write_paused or full
         if blocked and not self.read_paused and self.stream.buffered() > READ_PAUSE:
             self.read_paused = True
             self.transport.pause_reading()
