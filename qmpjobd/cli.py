@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc()
+    # JSON may nest 1,024 levels (QEMU's limit); validating such a value recurses in Python,
+    # which 3.11+ does without using the C stack, so allow it rather than fail internally.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
     factory, loop_name = loop_factory(args.loop)
     log.info("qmpjobd %s on %s", __version__, loop_name)
     runner_args: dict[str, Any] = {"loop_factory": factory}
