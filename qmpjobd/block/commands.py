@@ -1,10 +1,10 @@
-"""blockdev-add/-del, query-named-block-nodes, blockdev-backup and drive-backup."""
+"""blockdev-add/-del, query-named-block-nodes, backup and mirror commands, transaction."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..jobs import JobRegistry, Txn
+from ..jobs import Job, JobRegistry, Txn
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
@@ -94,20 +94,14 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             # then the source stays drained while the job is created and started
             jobs.drain()
             source = graph.nodes.get(args["device"])
-            held = [j for j in jobs.jobs if j.is_block_job and j.started
-                    and j.pause_count == 0 and j.status in ("running", "ready")
-                    and source is not None and isinstance(j, BackupJob)
-                    and source in (j.source, j.target)]
-            for j in held:
-                jobs.transition(j, "standby" if j.status == "ready" else "paused")
+            held = jobs.quiesce(lambda j: isinstance(j, BackupJob)
+                                and source in (j.source, j.target))
             try:
                 job = prepare(args, cls, drive)
                 jobs.start(job)
-                jobs.transition(job, "paused")
-                held.append(job)
+                held += jobs.quiesce(lambda j: j is job)
             finally:
-                for j in held:
-                    jobs.transition(j, "ready" if j.status == "standby" else "running")
+                jobs.release(held)
         return handler
 
     def transaction(args: dict[str, Any], session: Session) -> None:
@@ -130,15 +124,12 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                     jobs.cancel(job, True)
             raise
         # commit under a drain: each job starts and pauses at once, all resume at the end
-        others = [j for j in jobs.jobs if j not in created and j.is_block_job and j.started
-                  and j.pause_count == 0 and j.status in ("running", "ready")]
-        for other in others:
-            jobs.transition(other, "standby" if other.status == "ready" else "paused")
+        others = jobs.quiesce()
+        held: list[Job] = []
         for job in created:
             jobs.start(job)
-            jobs.transition(job, "paused")
-        for any_job in [*created, *others]:
-            jobs.transition(any_job, "ready" if any_job.status == "standby" else "running")
+            held += jobs.quiesce(lambda j, job=job: j is job)
+        jobs.release(held + others)
 
     registry.register("blockdev-add", blockdev_add)
     registry.register("blockdev-del", blockdev_del)

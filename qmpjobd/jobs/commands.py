@@ -61,15 +61,10 @@ def register(registry: Registry, jobs: JobRegistry) -> None:
         job = jobs.get_block(args["device"])
         force = args.get("force", False)
         if job.user_paused and not force:
-            raise_paused(job)
+            raise QMPError(f"The block job for device '{job.id}' is currently paused")
         jobs.user_cancel(job, force)
 
     on("block-job-cancel", block_job_cancel)
-
-
-def raise_paused(job: Job) -> None:
-    """block-job-cancel without force on a user-paused job."""
-    raise QMPError(f"The block job for device '{job.id}' is currently paused")
 
 
 JobFactory = Callable[[dict[str, Any]], Job]

@@ -383,16 +383,25 @@ class JobRegistry:
         if job in self.jobs:
             self.jobs.remove(job)
 
+    def quiesce(self, only: Any = None) -> list[Job]:
+        """What a block-layer drain shows: running block jobs (all, or those ``only``
+        accepts) go ``paused`` (READY: ``standby``); user-paused jobs do not change.
+        Returns the jobs to :meth:`release` afterwards."""
+        held = [j for j in self.jobs
+                if j.is_block_job and j.started and j.pause_count == 0
+                and j.status in ("running", "ready") and (only is None or only(j))]
+        for job in held:
+            self.transition(job, "standby" if job.status == "ready" else "paused")
+        return held
+
+    def release(self, held: list[Job]) -> None:
+        """End a drain: the held jobs go back to ``running`` (or ``ready``)."""
+        for job in held:
+            self.transition(job, "ready" if job.status == "standby" else "running")
+
     def drain(self) -> None:
-        """What a block-layer drain shows (blockdev-backup, transaction, quit): every running
-        block job briefly pauses and resumes (``paused``/``running``; READY:
-        ``standby``/``ready``).  User-paused jobs do not flicker."""
-        for job in self.jobs:
-            if (job.is_block_job and job.started and job.pause_count == 0
-                    and job.status in ("running", "ready")):
-                before = job.status
-                self.transition(job, "standby" if before == "ready" else "paused")
-                self.transition(job, before)
+        """A complete drain (blockdev-backup, quit): every running block job flickers."""
+        self.release(self.quiesce())
 
     # -- completion ------------------------------------------------------------------------
 
@@ -552,8 +561,3 @@ class JobRegistry:
             await asyncio.wait([job._task])
         while self._aborts:
             await asyncio.gather(*list(self._aborts), return_exceptions=True)
-
-    async def wait_idle(self) -> None:
-        """Wait until no job task is running (used at shutdown and by tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
