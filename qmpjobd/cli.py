@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .colo.guest import PATTERNS, Guest, Workload
 from .server import Limits, Server, StartupError
 
 log = logging.getLogger("qmpjobd")
@@ -47,6 +48,15 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    if not num.isdigit() or int(num) * units[unit] % 4096 or int(num) == 0:
+        raise argparse.ArgumentTypeError("expected a positive multiple of 4K, e.g. 64M")
+    return int(num) * units[unit]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for --help in the README)."""
     p = argparse.ArgumentParser(
@@ -67,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="load a plug-in (a module name or a .py file) and call its "
                         "register(server); repeatable")
+    g = p.add_argument_group("guest and COLO")
+    g.add_argument("--incoming", metavar="URI", default=None,
+                   help="wait for an incoming migration: tcp:HOST:PORT, unix:PATH or defer "
+                        "(then migrate-incoming), like QEMU's -incoming")
+    g.add_argument("-S", "--paused", action="store_true",
+                   help="start with the guest stopped (runstate prelaunch), like QEMU's -S")
+    g.add_argument("--guest-ram", type=_size, default=64 << 20, metavar="SIZE",
+                   help="guest RAM size, a multiple of 4K (default 64M)")
+    g.add_argument("--workload-rate", type=int, default=256, metavar="PAGES",
+                   help="pages the synthetic guest writes per second while running "
+                        "(default 256; 0 for an idle guest)")
+    g.add_argument("--workload-pattern", choices=PATTERNS, default="random",
+                   help="which pages it writes (default random)")
+    g.add_argument("--workload-seed", type=int, default=1, metavar="N",
+                   help="seed of the workload's generator (default 1)")
+    g.add_argument("--device-state-size", type=int, default=4096, metavar="BYTES",
+                   help="size of the device-state blob sent with each checkpoint")
+    g.add_argument("--qemu-compat", choices=("7.2", "latest"), default="7.2",
+                   help="which QEMU's COLO texts to reproduce (default 7.2)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--log-level", default="info",
@@ -121,8 +150,16 @@ def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], st
 async def serve(args: argparse.Namespace) -> int:
     """Run the daemon until quit or a signal; returns the exit status."""
     package = f"qmpjobd {__version__}"
+    if args.incoming is not None and args.incoming != "defer" \
+            and not args.incoming.startswith(("tcp:", "unix:")):
+        log.error("--incoming %s: expected tcp:HOST:PORT, unix:PATH or defer", args.incoming)
+        return 1
+    guest = Guest(args.guest_ram, Workload(args.workload_rate, args.workload_pattern,
+                                           args.workload_seed),
+                  device_size=args.device_state_size, side=1)
     server = Server(version=args.qemu_version, package=package, name=args.name,
-                    limits=Limits(max_output=args.max_output))
+                    limits=Limits(max_output=args.max_output), guest=guest,
+                    incoming=args.incoming, paused=args.paused, compat=args.qemu_compat)
     try:
         for spec in args.plugin:
             load_plugin(spec).register(server)

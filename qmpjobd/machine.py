@@ -27,6 +27,10 @@ class Machine:
         self.version = {"qemu": {"micro": micro, "minor": minor, "major": major},
                         "package": package}
         self.on_quit = on_quit
+        self.autostart = True
+        """Whether a finished incoming migration resumes the guest (no ``-S``)."""
+        self.yankables: dict[str, Callable[[], None]] = {}
+        """Yank instances by type (``migration``) and what yanking them does."""
 
     def register(self, registry: Registry) -> None:
         """Attach this machine's command handlers."""
@@ -36,7 +40,8 @@ class Machine:
         registry.register("query-name", self.query_name)
         registry.register("query-version", self.query_version)
         registry.register("quit", self.quit)
-        registry.register("query-yank", lambda args, session: [])
+        registry.register("query-yank", lambda args, session: [
+            {"type": kind} for kind in self.yankables])
         registry.register("yank", self.yank)
 
     @property
@@ -70,6 +75,9 @@ class Machine:
             return
         if self.status == "finish-migrate":
             raise QMPError("Migration is not finalized yet")
+        if self.status == "inmigrate":
+            self.autostart = True
+            return
         if not self.running:
             self.set_status("running")
 
@@ -89,6 +97,12 @@ class Machine:
         return None
 
     def yank(self, args: dict[str, Any], session: Session) -> Any:
-        """yank: there are no yank instances, so any named one is not found."""
-        if args["instances"]:
-            raise QMPError("Instance not found", "DeviceNotFound")
+        """yank: every named instance must exist (only ``migration`` can), then all go."""
+        instances = args["instances"]
+        for inst in instances:
+            if inst["type"] != "migration" or "migration" not in self.yankables:
+                raise QMPError("Instance not found", "DeviceNotFound")
+        for inst in instances:
+            action = self.yankables.get(inst["type"])
+            if action is not None:
+                action()

@@ -207,8 +207,8 @@ def test_argument_visitor_texts() -> None:
     assert check({"inner": [{"s": "", "u": 1.5}]}) == "Parameter 'inner[0].u' expects uint64"
     assert check({"inner": [{"s": "", "u": "1"}]}) == "Parameter 'inner[0].u' expects uint64"
     assert check({"inner": [{"s": "", "u": -1}]}) == "ok"  # QEMU accepts negative uint64
-    assert check({"inner": [{"s": "", "u8": 256}]}) == "Parameter 'u8' expects uint8"
-    assert check({"inner": [{"s": "", "i32": 1 << 31}]}) == "Parameter 'i32' expects int32"
+    assert check({"inner": [{"s": "", "u8": 256}]}) == "Parameter 'u8' expects uint8_t"
+    assert check({"inner": [{"s": "", "i32": 1 << 31}]}) == "Parameter 'i32' expects int32_t"
     assert check({"inner": [{"s": "", "i32": 1.0}]}) == \
         "Invalid parameter type for 'inner[0].i32', expected: integer"
     assert check({"inner": [{"s": "", "n": True}]}) == \

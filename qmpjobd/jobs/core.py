@@ -98,6 +98,10 @@ class Job:
         """job-complete on a ready job; raise QMPError to refuse.  Default: not completable."""
         raise QMPError(f"The active block job '{self.id}' cannot be completed")
 
+    qemu_visible: ClassVar[bool] = True
+    """False for job types QEMU does not have as jobs (COLO): their JOB_STATUS_CHANGE goes
+    only to clients that enabled x-job-events, so a QEMU client sees no difference."""
+
     can_complete: ClassVar[bool] = False
     """Whether the type implements completion (mirror-like jobs)."""
 
@@ -279,7 +283,8 @@ class JobRegistry:
         if status == job.status:
             return
         job.status = status
-        self.events.emit("JOB_STATUS_CHANGE", {"status": status, "id": job.id})
+        self.events.emit("JOB_STATUS_CHANGE", {"status": status, "id": job.id},
+                         None if job.qemu_visible else JOB_EVENTS)
 
     @staticmethod
     def check_verb(job: Job, verb: str) -> None:

@@ -68,14 +68,14 @@ class Builtin(Type):
                 if t is not int or not (-(1 << 63) <= value < (1 << 63)):
                     raise _type_error(path, "integer")
                 if not lo <= value <= hi:
-                    raise QMPError(f"Parameter '{name or 'null'}' expects {n}")
+                    raise QMPError(f"Parameter '{name or 'null'}' expects {n}_t")
                 return value
             # uint64 and friends accept negative int64 for backward compatibility
             if t is not int or not (-(1 << 63) <= value <= _U64):
                 raise QMPError(f"Parameter '{path}' expects {'size' if n == 'size' else 'uint64'}")
             value &= _U64
-            if value > hi:
-                raise QMPError(f"Parameter '{name or 'null'}' expects {n}")
+            if value > hi:  # visit_type_uintN names the C type (QEMU 7.2, observed)
+                raise QMPError(f"Parameter '{name or 'null'}' expects {n}_t")
             return value
         if n == "number":
             if t is not int and t is not float:

@@ -18,6 +18,11 @@ from typing import Any
 
 from ..block import commands as block_commands
 from ..block.graph import BlockGraph
+from ..colo import commands as colo_commands
+from ..colo import stubs as colo_stubs
+from ..colo.guest import Guest
+from ..colo.heartbeat import Heartbeat
+from ..colo.migration import Migration
 from ..jobs import JobRegistry
 from ..jobs import commands as job_commands
 from ..machine import Machine
@@ -50,7 +55,9 @@ class Server:
     """Owns the listeners, the connections, and the command registry they dispatch into."""
 
     def __init__(self, *, version: tuple[int, int, int] = (7, 2, 0), package: str = "",
-                 name: str | None = None, limits: Limits | None = None) -> None:
+                 name: str | None = None, limits: Limits | None = None,
+                 guest: Guest | None = None, incoming: str | None = None,
+                 paused: bool = False, compat: str = "7.2") -> None:
         self.limits = limits or Limits()
         self.capabilities = CAPABILITIES
         self.schema = build_schema()
@@ -62,6 +69,14 @@ class Server:
         job_commands.register(self.registry, self.jobs)
         self.block = BlockGraph()
         block_commands.register(self.registry, self.block, self.jobs)
+        if paused:
+            self.machine.status = "prelaunch"
+            self.machine.autostart = False
+        self.migration = Migration(self, self.machine, self.jobs, guest or Guest(),
+                                   incoming=incoming, compat=compat)
+        self.heartbeat = Heartbeat(self.migration)
+        colo_commands.register(self.registry, self.migration, self.heartbeat)
+        colo_stubs.register(self.registry, self.block, self.migration)
         self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
         self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
         self.registry.register("query-commands", lambda args, session: self._introspect()[1])
@@ -113,6 +128,7 @@ class Server:
 
     async def listen_unix(self, path: str) -> None:
         """Listen on a Unix socket created with mode 0600; replace it only if it is stale."""
+        self.migration.start()
         _clear_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -131,6 +147,7 @@ class Server:
 
     async def listen_tcp(self, host: str, port: int, allow_remote: bool = False) -> None:
         """Listen on TCP; only loopback addresses unless ``allow_remote``."""
+        self.migration.start()
         if not allow_remote and not _is_loopback(host):
             raise StartupError(f"refusing to listen on non-loopback address {host} "
                                "(QMP has no authentication; pass --tcp-allow-remote to insist)")
@@ -157,6 +174,7 @@ class Server:
 
     async def _on_quit(self) -> None:
         """After SHUTDOWN: cancel every job (with its events), then reply, then stop."""
+        self._end_replication()
         await self.jobs.cancel_all()
         # The reply to quit is written when this returns; stop right after that.
         asyncio.get_running_loop().call_soon(self.request_stop, "quit")
@@ -175,10 +193,16 @@ class Server:
         self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
 
         async def stop() -> None:
+            self._end_replication()
             await self.jobs.cancel_all()
             self.request_stop(signame)
 
         self._stopping = asyncio.get_running_loop().create_task(stop())
+
+    def _end_replication(self) -> None:
+        """Leaving the process ends COLO as a killed QEMU would: no failover on this side."""
+        self.heartbeat.close()
+        self.migration.close()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening, flush and close every client, remove our socket files."""
@@ -203,6 +227,7 @@ class Server:
             except FileNotFoundError:
                 log.warning("socket %s was removed by someone else", path)
         self._owned_paths.clear()
+        self._end_replication()
         self.block.close()
 
 

@@ -1,0 +1,169 @@
+"""The replication connection: one non-blocking stream socket, read and written through the
+event loop, with the return path on the same socket (as QEMU's migration channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_READ_AHEAD = 64 * 1024
+_JOIN_BELOW = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``tcp:HOST:PORT`` or ``unix:PATH`` migration URI."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def qapi(self) -> dict[str, str | bool]:
+        """As a SocketAddress in query-migrate's ``socket-address``."""
+        if self.kind == "unix":
+            return {"type": "unix", "path": self.path}
+        return {"port": str(self.port), "ipv6": ":" in self.host, "host": self.host,
+                "type": "inet"}
+
+
+def parse_uri(uri: str) -> Address | None:
+    """The address of a ``tcp:`` or ``unix:`` URI; None for anything else."""
+    if uri.startswith("unix:") and len(uri) > 5:
+        return Address("unix", path=uri[5:])
+    if uri.startswith("tcp:"):
+        host, sep, port = uri[4:].rpartition(":")
+        if sep and port.isdigit() and int(port) < 65536:
+            return Address("tcp", host=host.strip("[]") or "0.0.0.0", port=int(port))
+    return None
+
+
+class Channel:
+    """A connected socket with exact-size reads (read ahead for small messages) and writes
+    that join small pieces; closing or :meth:`shutdown` wakes a pending read or write."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self.sent = 0
+        self.received = 0
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, addr: Address) -> Channel:
+        """Connect to ``addr`` (raises OSError with QEMU-like wording left to the caller)."""
+        loop = asyncio.get_running_loop()
+        if addr.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = addr.path
+        else:
+            infos = await loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+            family, _, _, _, target = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, target)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def send(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Write every part, in order; small parts are joined into one write."""
+        pending: list[bytes | memoryview] = []
+        size = 0
+        for part in parts:
+            if len(part) >= _JOIN_BELOW:
+                if pending:
+                    await self._write(b"".join(pending))
+                    pending, size = [], 0
+                await self._write(part)
+            else:
+                pending.append(part)
+                size += len(part)
+                if size >= _JOIN_BELOW:
+                    await self._write(b"".join(pending))
+                    pending, size = [], 0
+        if pending:
+            await self._write(b"".join(pending) if len(pending) > 1 else pending[0])
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        await self.loop.sock_sendall(self.sock, data)
+        self.sent += len(data)
+
+    async def recv_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; EOF first raises ConnectionError."""
+        while len(self._buf) < n:
+            chunk = await self._recv(max(_READ_AHEAD, n - len(self._buf)))
+            self._buf += chunk
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def recv_into(self, view: memoryview) -> None:
+        """Fill ``view`` completely (large reads go straight into it)."""
+        got = min(len(self._buf), len(view))
+        if got:
+            view[:got] = self._buf[:got]
+            del self._buf[:got]
+        while got < len(view):
+            if self.closed:
+                raise ConnectionResetError("connection closed")
+            n = await self.loop.sock_recv_into(self.sock, view[got:])
+            if n == 0:
+                raise ConnectionError("Input/output error")
+            got += n
+            self.received += n
+
+    async def _recv(self, n: int) -> bytes:
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        chunk = await self.loop.sock_recv(self.sock, n)
+        if not chunk:
+            raise ConnectionError("Input/output error")
+        self.received += len(chunk)
+        return chunk
+
+    def shutdown(self) -> None:
+        """Shut both directions (yank, failover): blocked reads and writes fail at once."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Shut down and close the socket."""
+        if not self.closed:
+            self.closed = True
+            self.shutdown()
+            self.sock.close()
+
+
+async def listen(addr: Address) -> socket.socket:
+    """A listening socket for an incoming migration (port 0 picks a free port)."""
+    if addr.kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(addr.path).st_mode):
+                os.unlink(addr.path)
+        sock.bind(addr.path)
+    else:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, target = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(target)
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,68 @@
+"""Fault injection for drills: act at a named phase of a checkpoint (x-daemon-colo-inject).
+
+A fault fires once.  ``hold`` parks the checkpoint at the phase until the fault is cleared, so
+a test can kill a process at an exact point; a caller may wait until the fault has fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Final
+
+PHASES: Final = ("request", "reply", "vmstate-send", "ram", "vmstate-size", "blob",
+                 "received", "apply", "loaded")
+"""Checkpoint phases, in protocol order (``ram`` and ``blob`` are mid-transfer)."""
+
+ACTIONS: Final = ("cut", "hold", "delay", "corrupt", "misorder", "none")
+"""cut: shut the link down; hold: stop until cleared; delay: sleep; corrupt: send an invalid
+message index; misorder: send a valid but unexpected message; none: clear the phase."""
+
+
+@dataclass
+class Fault:
+    """One armed fault."""
+
+    phase: str
+    action: str
+    delay: float = 0.0
+    fired: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
+                                        .create_future())
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Faults:
+    """The armed faults of one daemon, by phase."""
+
+    def __init__(self) -> None:
+        self.armed: dict[str, Fault] = {}
+
+    def arm(self, phase: str, action: str, delay: float = 0.0) -> Fault | None:
+        """Arm (or with ``none`` clear) the fault of ``phase``; a held phase is released."""
+        old = self.armed.pop(phase, None)
+        if old is not None:
+            old.released.set()
+            if not old.fired.done():
+                old.fired.cancel()
+        if action == "none":
+            return None
+        fault = Fault(phase, action, delay)
+        self.armed[phase] = fault
+        return fault
+
+    def take(self, phase: str) -> Fault | None:
+        """The fault to apply at ``phase`` now, if one is armed (``hold`` stays armed until it
+        is cleared, so that the phase can be released)."""
+        fault = self.armed.get(phase)
+        if fault is None:
+            return None
+        if fault.action != "hold":
+            del self.armed[phase]
+        if not fault.fired.done():
+            fault.fired.set_result(None)
+        return fault
+
+    def clear(self) -> None:
+        """Release everything (end of a replication run)."""
+        for phase in list(self.armed):
+            self.arm(phase, "none")

@@ -1,0 +1,254 @@
+"""The guest model each daemon replicates: RAM with dirty tracking, a seeded workload, a
+device-state blob and a digest of both.
+
+RAM is a ``bytearray`` of 4 KiB pages.  The workload stamps pages only while the machine runs;
+every write marks the page dirty (the analogue of KVM dirty logging) and its digest chunk stale.
+The digest is SHA-256 over the SHA-256 of each 256 KiB chunk followed by the device blob, so
+that after a checkpoint only the chunks that changed are hashed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import mmap
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .wire import runs
+
+PAGE_SIZE = 4096
+CHUNK_PAGES = 64
+PATTERNS = ("random", "sweep", "hot-set")
+_STAMP = struct.Struct(">QQ")
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass
+class Workload:
+    """What the synthetic guest does while it runs."""
+
+    rate: int = 0
+    """Pages written per second (0: an idle guest)."""
+    pattern: str = "random"
+    """``random`` pages, a sequential ``sweep``, or a ``hot-set`` of the first pages."""
+    seed: int = 1
+    hot_pages: int = 0
+    """Size of the hot set in pages (0: one sixteenth of RAM)."""
+
+
+def splitmix64(state: int) -> tuple[int, int]:
+    """One step of SplitMix64: (new state, output).  Its whole state is one integer, so it
+    travels in the device blob and both sides continue the same sequence."""
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)
+
+
+class Buffer:
+    """Fixed anonymous memory (pages cost RSS only once written) whose runs of pages can be
+    copied with the GIL released."""
+
+    def __init__(self, size: int) -> None:
+        self.data = mmap.mmap(-1, max(size, 1))
+        self.view = memoryview(self.data)
+        self._c = (ctypes.c_char * size).from_buffer(self.data) if size else None
+        self.address = ctypes.addressof(self._c) if self._c is not None else 0
+
+    def copy_runs_from(self, src: Buffer, runs: Iterable[tuple[int, int]],
+                       page_size: int = PAGE_SIZE) -> None:
+        """Copy whole pages from ``src`` at the same offsets (memmove releases the GIL)."""
+        for first, count in runs:
+            off = first * page_size
+            ctypes.memmove(self.address + off, src.address + off, count * page_size)
+
+    def zero_run(self, first: int, count: int, page_size: int = PAGE_SIZE) -> None:
+        """Zero-fill a run of pages."""
+        ctypes.memset(self.address + first * page_size, 0, count * page_size)
+
+
+class ChunkHashes:
+    """A two-level SHA-256 tree over a buffer: a hash per page, a hash per chunk of page hashes,
+    recomputed only for the pages marked stale (so an idle checkpoint costs almost nothing)."""
+
+    def __init__(self, buf: Buffer, page_size: int = PAGE_SIZE) -> None:
+        self.buf = buf
+        self.page_size = page_size
+        self.shift = CHUNK_PAGES.bit_length() - 1
+        pages = len(buf.data) // page_size
+        zero_page = hashlib.sha256(bytes(page_size)).digest()
+        self.pages = [zero_page] * pages
+        chunks = (pages + CHUNK_PAGES - 1) // CHUNK_PAGES
+        self.chunks = [self._chunk_hash(c) for c in range(min(chunks, 1))] * chunks
+        if chunks and pages % CHUNK_PAGES:
+            self.chunks[-1] = self._chunk_hash(chunks - 1)
+        self.stale: set[int] = set()
+        """Pages whose hash is out of date."""
+
+    def _chunk_hash(self, c: int) -> bytes:
+        return hashlib.sha256(b"".join(self.pages[c * CHUNK_PAGES:(c + 1) * CHUNK_PAGES])).digest()
+
+    def mark_runs(self, runs: Iterable[tuple[int, int]]) -> None:
+        """Pages of these runs changed."""
+        for first, count in runs:
+            self.stale.update(range(first, first + count))
+
+    def refresh(self) -> None:
+        """Hash the stale pages (call in a worker thread while nobody writes the buffer)."""
+        self._rehash([(p, self.buf.view[p * self.page_size:(p + 1) * self.page_size])
+                      for p in self.stale])
+
+    def refresh_copy(self) -> Callable[[], None]:
+        """Copy the stale pages now and return a function that hashes the copies (for a
+        buffer that keeps changing while the hashing runs in a thread)."""
+        ps, view = self.page_size, self.buf.view
+        copies = [(p, bytes(view[p * ps:(p + 1) * ps])) for p in self.stale]
+        self.stale = set()
+        return lambda: self._rehash(copies)
+
+    def _rehash(self, items: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        sha = hashlib.sha256
+        pages = self.pages
+        for p, data in items:
+            pages[p] = sha(data).digest()
+        for c in {p >> self.shift for p, _ in items}:
+            self.chunks[c] = self._chunk_hash(c)
+        self.stale.difference_update(p for p, _ in items)
+
+    def root(self, device: bytes) -> str:
+        """The digest of the buffer (as of the last refresh) and ``device``."""
+        return hashlib.sha256(b"".join(self.chunks) + device).hexdigest()
+
+
+class Guest:
+    """Guest RAM, its dirty log, the workload's state and the device state."""
+
+    def __init__(self, ram_size: int = 64 << 20, workload: Workload | None = None,
+                 device_size: int = 4096, side: int = 0, page_size: int = PAGE_SIZE) -> None:
+        if ram_size <= 0 or ram_size % page_size:
+            raise ValueError(f"guest RAM size must be a positive multiple of {page_size}")
+        self.page_size = page_size
+        self.pages = ram_size // page_size
+        self.ram = Buffer(ram_size)
+        self.hashes = ChunkHashes(self.ram, page_size)
+        self.workload = workload or Workload()
+        self.device_size = device_size
+        self.side = side & 0xFF
+        self.dirty: set[int] = set()
+        """Pages written since the last checkpoint (or since dirty logging started)."""
+        self.prng = self.workload.seed & _MASK64
+        self.cursor = 0
+        self.vclock = 0
+        self.checkpoint = 0
+        """The last committed checkpoint number (0: none yet)."""
+        self.committed_digest = ""
+        """Digest of the state at the last committed checkpoint ("" until one exists)."""
+        self.history: dict[int, str] = {}
+        """Digests of recent checkpoints by number (the primary's taken at its STOP)."""
+        self._budget = 0.0
+
+    def record_digest(self, checkpoint: int, digest: str) -> None:
+        """Remember a checkpoint's digest (the last 16 are kept)."""
+        self.history[checkpoint] = digest
+        while len(self.history) > 16:
+            del self.history[min(self.history)]
+
+    # -- workload --------------------------------------------------------------------------
+
+    def hot_set(self) -> int:
+        """Pages in the hot set."""
+        return max(1, min(self.pages, self.workload.hot_pages or self.pages // 16))
+
+    def step(self, n: int) -> None:
+        """Write ``n`` pages the way the workload's pattern says."""
+        ram, ps, pages = self.ram.data, self.page_size, self.pages
+        pattern = self.workload.pattern
+        side = self.side << 56
+        # each side picks its own pages, so a secondary's writes diverge from the primary's
+        salt = (self.side * 0x9E3779B97F4A7C15) & _MASK64
+        dirty, stale = self.dirty, self.hashes.stale
+        prng, cursor, vclock = self.prng, self.cursor, self.vclock
+        span = self.hot_set() if pattern == "hot-set" else pages
+        pack = _STAMP.pack_into
+        for _ in range(n):
+            if pattern == "sweep":
+                p = cursor
+                cursor = cursor + 1 if cursor + 1 < pages else 0
+            else:
+                prng, x = splitmix64(prng)
+                p = (x ^ salt) % span
+            vclock += 1
+            pack(ram, p * ps, vclock, side | p)
+            dirty.add(p)
+            stale.add(p)
+        self.prng, self.cursor, self.vclock = prng, cursor, vclock
+
+    def advance(self, seconds: float) -> None:
+        """Run the workload for ``seconds`` of guest time."""
+        self._budget += self.workload.rate * seconds
+        n = int(self._budget)
+        if n:
+            self._budget -= n
+            self.step(n)
+
+    # -- device state ----------------------------------------------------------------------
+
+    def device_state(self, checkpoint: int) -> bytes:
+        """The device blob as of now, labelled with checkpoint number ``checkpoint``."""
+        state = {"cpu": {"pc": self.vclock * 4 & _MASK64}, "prng": self.prng,
+                 "cursor": self.cursor, "vclock": self.vclock, "checkpoint": checkpoint,
+                 "side": self.side,
+                 "workload": [self.workload.rate, self.workload.pattern,
+                              self.workload.hot_pages]}
+        blob = orjson.dumps(state)
+        pad = self.device_size - len(blob) - 1
+        return blob + b"\n" + b"\0" * pad if pad > 0 else blob + b"\n"
+
+    def load_device_state(self, blob: bytes, adopt_side: bool = False) -> int:
+        """Take over a device blob; returns its checkpoint number.  With ``adopt_side`` (the
+        initial sync) this guest stamps its own writes differently from the sender's, so
+        that a secondary's divergent pages can be told apart."""
+        state: dict[str, Any] = orjson.loads(blob.split(b"\n", 1)[0])
+        if adopt_side:
+            self.side = (int(state["side"]) ^ 0x80) & 0xFF
+        self.prng = int(state["prng"])
+        self.cursor = int(state["cursor"])
+        self.vclock = int(state["vclock"])
+        rate, pattern, hot = state["workload"]
+        self.workload = Workload(int(rate), str(pattern), self.workload.seed, int(hot))
+        return int(state["checkpoint"])
+
+    # -- digests ---------------------------------------------------------------------------
+
+    async def digest_now(self, running: bool) -> str:
+        """Digest of the live RAM and the current device state, hashed off the event loop."""
+        blob = self.device_state(self.checkpoint)
+        if not self.hashes.stale:
+            pass
+        elif running:
+            await asyncio.to_thread(self.hashes.refresh_copy())
+        else:
+            await asyncio.to_thread(self.hashes.refresh)
+        return self.hashes.root(blob)
+
+    def nonzero_runs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(runs of pages holding data, runs of all-zero pages), for the initial full sync."""
+        data: list[int] = []
+        zero: list[int] = []
+        view, ps = self.ram.view, self.page_size
+        step = CHUNK_PAGES
+        zchunk = bytes(step * ps)
+        for c in range(0, self.pages, step):
+            n = min(step, self.pages - c)
+            if view[c * ps:(c + n) * ps] == zchunk[:n * ps]:
+                zero.extend(range(c, c + n))
+            else:
+                data.extend(range(c, c + n))
+        return runs(data), runs(zero)

@@ -1,0 +1,489 @@
+"""Migration as a QMP client sees it (capabilities, parameters, status, events) and the
+start-up of COLO: the initial full sync, then one :class:`Replication` run per side.
+
+Mode, failover state and COLO_EXIT follow QEMU 7.2 (colo.md §1-§2); everything beyond QEMU
+(metrics, fault injection, guest digests) is reached only through x-prefixed commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ..jobs import JobRegistry
+from ..machine import Machine
+from ..protocol.errors import QMPError
+from ..schema import EventSink
+from . import wire
+from .channel import Address, Channel, listen, parse_uri
+from .faults import Faults
+from .guest import Guest
+from .reference import CAPABILITIES, DEFAULT_PARAMETERS
+from .replication import ColoJob, Metrics, Replication
+
+log = logging.getLogger(__name__)
+
+COLO_JOB_ID = "colo"
+_RUNNING_STATUSES = frozenset(("setup", "active", "cancelling", "pre-switchover", "device",
+                               "postcopy-active", "postcopy-paused", "postcopy-recover",
+                               "wait-unplug"))
+IN_PROGRESS = "There's a migration process in progress"
+
+
+class Migration:
+    """Outgoing and incoming migration of this daemon's guest, and its COLO runs."""
+
+    def __init__(self, events: EventSink, machine: Machine, jobs: JobRegistry, guest: Guest,
+                 *, incoming: str | None = None, compat: str = "7.2") -> None:
+        self.events = events
+        self.machine = machine
+        self.jobs = jobs
+        self.guest = guest
+        self.compat = compat
+        self.caps = dict.fromkeys(CAPABILITIES, False)
+        self.params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
+        self.out_status = "none"
+        self.in_status = "none"
+        self.error_desc: str | None = None
+        self.incoming = incoming
+        """``--incoming``: None, ``defer`` or a URI."""
+        self.incoming_started = False
+        self.in_address: Address | None = None
+        self.rep: Replication | None = None
+        self.last_mode = "none"
+        self.dirty_sync_count = 0
+        self.faults = Faults()
+        self.metrics = Metrics()
+        self.verify = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: socket.socket | None = None
+        self._chan: Channel | None = None
+        self._started = False
+        self.on_colo_error: list[Callable[[], None]] = []
+        """Called when a replication run ends with COLO_EXIT error (the heartbeat's hook)."""
+
+    # -- Host (for Replication) ------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """The guest runs."""
+        return self.machine.running
+
+    def set_runstate(self, status: str) -> None:
+        """Change the run state with STOP/RESUME."""
+        self.machine.set_status(status)
+
+    def checkpoint_delay(self) -> float:
+        """x-checkpoint-delay in seconds."""
+        return int(self.params["x-checkpoint-delay"]) / 1000.0
+
+    def next_pass(self) -> int:
+        """A dirty-bitmap sync: MIGRATION_PASS with the new count when ``events`` is on."""
+        self.dirty_sync_count += 1
+        if self.caps["events"]:
+            self.events.emit("MIGRATION_PASS", {"pass": self.dirty_sync_count})
+        return self.dirty_sync_count
+
+    def complete_migration(self, role: str) -> None:
+        """Failover: the migration that carried COLO completes; ``last-mode`` is the role."""
+        if role == "primary":
+            self._set_out("completed")
+        else:
+            self._set_in("completed")
+        self.last_mode = role
+        self.machine.yankables.pop("migration", None)
+
+    def link_failed(self) -> None:
+        """Tell the heartbeat (if any) that replication ended with an error."""
+        for hook in self.on_colo_error:
+            hook()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the guest workload, and listen when ``--incoming URI`` was given."""
+        if self._started:
+            return
+        self._started = True
+        self._spawn(self._drive_workload())
+        if self.incoming not in (None, "defer"):
+            self.machine.set_status("inmigrate")
+            assert self.incoming is not None
+            self._start_incoming(self.incoming)
+        elif self.incoming == "defer":
+            self.machine.set_status("inmigrate")
+
+    def close(self) -> None:
+        """The daemon stops: close links quietly (no COLO events), stop the tasks."""
+        if self.rep is not None:
+            self.rep.close()
+        if self._chan is not None:
+            self._chan.close()
+        if self._listener is not None:
+            self._listener.close()
+        self.faults.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drive_workload(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01 if self.guest.workload.rate else 0.1)
+            now = loop.time()
+            if self.machine.running:
+                self.guest.advance(now - last)
+            last = now
+
+    # -- state as QMP shows it -------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        """COLOMode: from the migration status, as QEMU's get_colo_mode()."""
+        if self.out_status == "colo":
+            return "primary"
+        if self.in_status == "colo":
+            return "secondary"
+        return "none"
+
+    def _set_out(self, status: str) -> None:
+        self.out_status = status
+        if self.caps["events"]:
+            self.events.emit("MIGRATION", {"status": status})
+
+    def _set_in(self, status: str) -> None:
+        self.in_status = status
+        if self.caps["events"]:
+            self.events.emit("MIGRATION", {"status": status})
+
+    def query_colo_status(self) -> dict[str, str]:
+        """query-colo-status."""
+        state = self.rep.failover if self.rep is not None else "none"
+        if state == "none":
+            reason = "none"
+        elif state == "completed":
+            reason = "request"
+        else:
+            reason = "processing" if self.out_status == "colo" else "error"
+        return {"mode": self.mode, "last-mode": self.last_mode, "reason": reason}
+
+    def query_migrate(self) -> dict[str, Any]:
+        """query-migrate: the outgoing side if there is one, else the incoming side."""
+        if self.out_status != "none":
+            info: dict[str, Any] = {"status": self.out_status}
+            if self.out_status == "completed" and self.rep is not None:
+                info.update(self._completed_stats())
+            if self.out_status == "failed" and self.error_desc:
+                info["error-desc"] = self.error_desc
+            return info
+        if self.in_status != "none":
+            info = {"status": self.in_status}
+            if self.in_status in ("setup", "active", "colo") and self.in_address is not None:
+                info["socket-address"] = [self.in_address.qapi()]
+            if self.in_status == "failed" and self.error_desc:
+                info["error-desc"] = self.error_desc
+            return info
+        return {}
+
+    def _completed_stats(self) -> dict[str, Any]:
+        chan = self._chan
+        sent = chan.sent if chan is not None else 0
+        ps = self.guest.page_size
+        ram = {"transferred": sent, "remaining": 0, "total": self.guest.pages * ps,
+               "duplicate": 0, "skipped": 0, "normal": sent // ps, "normal-bytes": sent,
+               "dirty-pages-rate": 0, "mbps": 0, "dirty-sync-count": self.dirty_sync_count,
+               "postcopy-requests": 0, "page-size": ps, "multifd-bytes": 0,
+               "pages-per-second": 0, "precopy-bytes": sent, "downtime-bytes": 0,
+               "postcopy-bytes": 0, "dirty-sync-missed-zero-copy": 0}
+        return {"setup-time": 0, "downtime": 0, "total-time": 0, "ram": ram}
+
+    # -- commands --------------------------------------------------------------------------
+
+    def lost_heartbeat(self) -> None:
+        """x-colo-lost-heartbeat."""
+        rep = self.rep
+        if self.mode == "none" or rep is None:
+            raise QMPError("VM is not in COLO mode" if self.compat == "latest"
+                           else "The feature 'colo' is not enabled")
+        if rep.failover != "none":
+            raise QMPError("COLO failover is already activated")
+        rep.request_failover()
+
+    def set_capabilities(self, caps: list[dict[str, Any]]) -> None:
+        """migrate-set-capabilities: all or nothing; refused while a migration runs."""
+        if self.out_status in _RUNNING_STATUSES:
+            raise QMPError(IN_PROGRESS)
+        new = dict(self.caps)
+        for c in caps:
+            new[c["capability"]] = c["state"]
+        if self.compat == "latest" and new["x-colo"] and new["postcopy-ram"]:
+            raise QMPError("COLO is not compatible with postcopy")
+        self.caps = new
+
+    def query_capabilities(self) -> list[dict[str, Any]]:
+        """query-migrate-capabilities."""
+        return [{"state": v, "capability": k} for k, v in self.caps.items()]
+
+    def set_parameters(self, args: dict[str, Any]) -> None:
+        """migrate-set-parameters; a new x-checkpoint-delay starts a checkpoint at once."""
+        for key, value in args.items():
+            if key in ("tls-creds", "tls-hostname", "tls-authz") and value is None:
+                value = ""
+            self.params[key] = value
+        if "x-checkpoint-delay" in args and self.rep is not None and self.mode == "primary":
+            self.rep.kick()
+
+    def kick(self) -> None:
+        """x-daemon-colo-checkpoint: what a colo-compare mismatch does."""
+        if self.mode != "primary" or self.rep is None:
+            raise QMPError("The feature 'colo' is not enabled")
+        self.rep.kick()
+
+    def migrate(self, uri: str, blk: bool) -> None:
+        """migrate: start the outgoing side (the connection happens after the reply)."""
+        if self.out_status in _RUNNING_STATUSES or self.out_status == "colo" \
+                or self.in_status in _RUNNING_STATUSES or self.in_status == "colo":
+            raise QMPError(IN_PROGRESS)
+        if self.machine.status == "inmigrate":
+            raise QMPError("Guest is waiting for an incoming migration")
+        if blk and self.caps["x-colo"]:
+            raise QMPError("No disk migration is required in COLO mode")
+        if blk:
+            raise QMPError("QEMU compiled without old-style (blk/-b, inc/-i) block migration")
+        addr = parse_uri(uri)
+        if addr is None:
+            raise QMPError("Parameter 'uri' expects a valid migration protocol")
+        old = self.jobs.find(COLO_JOB_ID)
+        if old is not None and old.status == "concluded":
+            self.jobs.dismiss_now(old)
+        self.error_desc = None
+        self.dirty_sync_count = 0
+        self.machine.yankables["migration"] = self._yank
+        self._set_out("setup")
+        self._spawn(self._outgoing(addr, self.caps["x-colo"]))
+
+    def migrate_incoming(self, uri: str) -> None:
+        """migrate-incoming: only with ``--incoming defer``, and only once."""
+        if self.incoming != "defer":
+            raise QMPError("'-incoming' was not specified on the command line")
+        if self.incoming_started:
+            raise QMPError("The incoming migration has already been started")
+        if parse_uri(uri) is None:
+            raise QMPError("Parameter 'uri' expects a valid migration protocol")
+        self._start_incoming(uri)
+
+    def migrate_cancel(self) -> None:
+        """migrate_cancel: stop a starting migration; during COLO it breaks replication
+        (both sides then report COLO_EXIT error, as 7.2 does)."""
+        if self.rep is not None and self.mode != "none":
+            self.rep.shutdown()
+            if self.mode == "primary":
+                self.rep.kick()
+            return
+        if self.out_status in ("setup", "active"):
+            self._set_out("cancelling")
+            if self._chan is not None:
+                self._chan.shutdown()
+
+    def _yank(self) -> None:
+        if self.rep is not None and self.mode != "none":
+            self.rep.shutdown()
+        elif self._chan is not None:
+            self._chan.shutdown()
+
+    def query_guest_state(self) -> Any:
+        """x-query-guest-state: digests of the live state and of recent checkpoints."""
+        async def run() -> dict[str, Any]:
+            g = self.guest
+            digest = await g.digest_now(self.machine.running)
+            return {"digest": digest, "checkpoint": g.checkpoint,
+                    "checkpoint-digest": g.committed_digest,
+                    "history": [{"checkpoint": k, "digest": v}
+                                for k, v in sorted(g.history.items())],
+                    "dirty-pages": len(g.dirty), "ram-size": len(g.ram.data),
+                    "page-size": g.page_size, "vclock": g.vclock,
+                    "runstate": self.machine.status}
+        return run()
+
+    # -- outgoing --------------------------------------------------------------------------
+
+    async def _outgoing(self, addr: Address, colo: bool) -> None:
+        guest = self.guest
+        try:
+            chan = await Channel.connect(addr)
+        except OSError as e:
+            where = addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}"
+            self.error_desc = f"Failed to connect to '{where}': {e.strerror or e}"
+            log.error("migration: %s", self.error_desc)
+            self.machine.yankables.pop("migration", None)
+            self._set_out("failed")
+            return
+        self._chan = chan
+        was_running = self.machine.running
+        try:
+            if self.out_status == "cancelling":
+                raise ConnectionAbortedError("cancelled")
+            self.next_pass()
+            self._set_out("active")
+            guest.dirty = set()
+            data, zero = guest.nonzero_runs()
+            parts: list[bytes | memoryview] = [wire.header(guest.page_size, guest.pages, colo)]
+            ps, view = guest.page_size, guest.ram.view
+            for first, count in zero:
+                parts.append(wire.record(first, count, wire.REC_ZERO))
+            await chan.send(parts)
+            for first, count in data:
+                await chan.send([wire.record(first, count, wire.REC_PAGE),
+                                 view[first * ps:(first + count) * ps]])
+            self.set_runstate("colo" if colo else "finish-migrate")
+            self.next_pass()
+            hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh))
+            dirty = wire.runs(sorted(guest.dirty))
+            guest.dirty = set()
+            parts = []
+            for first, count in dirty:
+                parts += [wire.record(first, count, wire.REC_PAGE),
+                          view[first * ps:(first + count) * ps]]
+            blob = guest.device_state(0)
+            parts += [wire.eos(), wire.vmstate_size(len(blob)), blob]
+            await chan.send(parts)
+            await hashing
+            guest.checkpoint = 0
+            guest.record_digest(0, guest.hashes.root(blob))
+            guest.committed_digest = guest.history[0]
+            if not colo:
+                self._set_out("completed")
+                self.machine.yankables.pop("migration", None)
+                self.set_runstate("postmigrate")
+                chan.close()
+                return
+            self._set_out("colo")
+            rep = Replication(self, chan, "primary")
+            self.rep = rep
+            wire.expect(wire.parse_message(await chan.recv_exact(4)), wire.CHECKPOINT_READY)
+        except (OSError, wire.ProtocolError) as e:
+            log.error("migration failed: %s", e)
+            self.error_desc = str(e) if isinstance(e, wire.ProtocolError) else \
+                "Unable to write to socket: " + (e.strerror or str(e))
+            chan.close()
+            self.machine.yankables.pop("migration", None)
+            if self.out_status == "colo" and self.rep is not None:
+                self.rep.colo_exit("error")
+                return
+            self._set_out("cancelled" if self.out_status == "cancelling" else "failed")
+            if was_running and not self.machine.running:
+                self.set_runstate("running")
+            return
+        self._start_job(rep)
+        self.set_runstate("running")
+
+    def _start_job(self, rep: Replication) -> None:
+        old = self.jobs.find(COLO_JOB_ID)
+        if old is not None and old.status == "concluded":
+            self.jobs.dismiss_now(old)
+        body = rep.primary_loop if rep.role == "primary" else rep.secondary_loop
+        job = ColoJob(COLO_JOB_ID if old is None or old.status == "concluded"
+                      else f"{COLO_JOB_ID}-{id(rep):x}", body, lambda: self._job_cancel(rep))
+        rep.job = job
+        self.jobs.create(job)
+        self.jobs.start(job)
+
+    def _job_cancel(self, rep: Replication) -> None:
+        if rep is self.rep and self.mode != "none" and rep.failover == "none":
+            rep.request_failover()
+
+    # -- incoming --------------------------------------------------------------------------
+
+    def _start_incoming(self, uri: str) -> None:
+        addr = parse_uri(uri)
+        if addr is None:
+            raise QMPError("Parameter 'uri' expects a valid migration protocol")
+        self.incoming_started = True
+        self._spawn(self._incoming(addr))
+
+    async def _incoming(self, addr: Address) -> None:
+        try:
+            sock = await listen(addr)
+        except OSError as e:
+            self.error_desc = f"Failed to bind socket: {e.strerror or e}"
+            log.error("incoming migration: %s", self.error_desc)
+            self._set_in("failed")
+            return
+        self._listener = sock
+        if addr.kind == "tcp":
+            host, port = sock.getsockname()[:2]
+            addr = Address("tcp", host=host, port=port)
+        self.in_address = addr
+        self.in_status = "setup"
+        self.machine.yankables["migration"] = self._yank
+        log.info("waiting for an incoming migration on %s",
+                 addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}")
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _ = await loop.sock_accept(sock)
+        finally:
+            sock.close()
+            self._listener = None
+        chan = Channel(conn)
+        self._chan = chan
+        guest = self.guest
+        try:
+            self._set_in("active")
+            page_size, pages, colo = wire.parse_header(await chan.recv_exact(wire.HEADER_SIZE))
+            if page_size != guest.page_size or pages != guest.pages:
+                raise wire.ProtocolError(
+                    f"guest RAM differs: incoming {pages * page_size} bytes in "
+                    f"{page_size}-byte pages, here {len(guest.ram.data)}")
+            ps, view = guest.page_size, guest.ram.view
+            while True:
+                first, flags = wire.parse_record_head(await chan.recv_exact(8))
+                if flags == wire.REC_EOS:
+                    break
+                count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
+                wire.check_run(first, count, flags, pages)
+                if flags == wire.REC_PAGE:
+                    await chan.recv_into(view[first * ps:(first + count) * ps])
+                else:
+                    guest.ram.zero_run(first, count, ps)
+                guest.hashes.mark_runs([(first, count)])
+            wire.expect(wire.parse_message(await chan.recv_exact(4)), wire.VMSTATE_SIZE)
+            size = wire.parse_u64(await chan.recv_exact(8))
+            if size > wire.MAX_DEVICE_STATE:
+                raise wire.ProtocolError(f"device state of {size} bytes is over the limit")
+            blob = await chan.recv_exact(size)
+            guest.checkpoint = guest.load_device_state(blob, adopt_side=True)
+            guest.dirty = set()
+            await asyncio.to_thread(guest.hashes.refresh)
+            guest.record_digest(0, guest.hashes.root(blob))
+            guest.committed_digest = guest.history[0]
+            if not colo:
+                self._set_in("completed")
+                self.machine.yankables.pop("migration", None)
+                chan.close()
+                self.set_runstate("running" if self.machine.autostart else "paused")
+                return
+            self._set_in("colo")
+            rep = Replication(self, chan, "secondary")
+            rep.prepare_secondary()
+            self.rep = rep
+            self.set_runstate("running")
+            await chan.send([wire.message(wire.CHECKPOINT_READY)])
+        except (OSError, wire.ProtocolError) as e:
+            log.error("load of migration failed: %s", e)
+            chan.close()
+            if self.in_status == "colo" and self.rep is not None:
+                self.rep.colo_exit("error")
+                return
+            self.error_desc = str(e)
+            self.machine.yankables.pop("migration", None)
+            self._set_in("failed")
+            return
+        self._start_job(rep)

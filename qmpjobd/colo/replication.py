@@ -1,0 +1,478 @@
+"""One COLO replication run on one side: the checkpoint loop (a job of type ``colo``), the
+failover state machine and COLO_EXIT, as QEMU 7.2's migration/colo.c does them.
+
+The primary stops, streams dirty RAM and the device blob, and resumes when the secondary has
+loaded it.  The secondary stages everything it receives and applies it only once the whole
+checkpoint has arrived (staged -> cache -> live), reverting the pages it dirtied itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ..jobs import Job, JobError
+from ..schema import EventSink
+from . import wire
+from .channel import Channel
+from .faults import Faults
+from .guest import Buffer, ChunkHashes, Guest
+
+log = logging.getLogger(__name__)
+
+_LINK_ERRORS = (OSError, ConnectionError, wire.ProtocolError, EOFError)
+
+
+class Host(Protocol):
+    """What a replication run needs from the daemon around it (the migration state)."""
+
+    events: EventSink
+    guest: Guest
+    faults: Faults
+    metrics: Metrics
+    verify: bool
+
+    @property
+    def running(self) -> bool:
+        """The guest runs."""
+
+    def set_runstate(self, status: str) -> None:
+        """Change the run state (STOP/RESUME as QEMU)."""
+
+    def checkpoint_delay(self) -> float:
+        """x-checkpoint-delay, in seconds."""
+
+    def next_pass(self) -> int:
+        """Count a dirty-bitmap sync and emit MIGRATION_PASS (if enabled)."""
+
+    def complete_migration(self, role: str) -> None:
+        """Failover: migration status colo -> completed, with its event; last-mode := role."""
+
+    def link_failed(self) -> None:
+        """A replication run ended with COLO_EXIT error (auto-failover may act on it)."""
+
+
+class Metrics:
+    """Checkpoint and failover figures of this daemon (x-query-colo-metrics)."""
+
+    def __init__(self) -> None:
+        self.checkpoints = 0
+        self.downtimes: deque[float] = deque(maxlen=4096)
+        self.ram_bytes = 0
+        self.device_bytes = 0
+        self.dirty_pages = 0
+        self.reverted_pages = 0
+        self.failover_ms: float | None = None
+        self.failover_requested = 0.0
+        self.exit_reason = "none"
+
+    def record(self, stop: float, resume: float, ram_bytes: int, device_bytes: int,
+               dirty: int, reverted: int = 0) -> None:
+        """One finished checkpoint; ``stop``/``resume`` are the STOP/RESUME event times."""
+        self.checkpoints += 1
+        self.downtimes.append((resume - stop) * 1000.0)
+        self.ram_bytes, self.device_bytes = ram_bytes, device_bytes
+        self.dirty_pages, self.reverted_pages = dirty, reverted
+
+    def as_dict(self) -> dict[str, Any]:
+        """The QMP view; downtimes in milliseconds."""
+        d = sorted(self.downtimes)
+        out: dict[str, Any] = {"checkpoints": self.checkpoints}
+        if d:
+            out.update({"downtime-last-ms": round(self.downtimes[-1], 3),
+                        "downtime-median-ms": round(statistics.median(d), 3),
+                        "downtime-p90-ms": round(d[min(len(d) - 1, int(len(d) * 0.9))], 3),
+                        "downtime-max-ms": round(d[-1], 3)})
+        out.update({"ram-bytes-last": self.ram_bytes, "device-bytes-last": self.device_bytes,
+                    "dirty-pages-last": self.dirty_pages,
+                    "reverted-pages-last": self.reverted_pages})
+        if self.failover_ms is not None:
+            out["failover-ms"] = round(self.failover_ms, 3)
+        return out
+
+
+class ColoJob(Job):
+    """The checkpoint loop of one side, as a job: pausing it stops checkpoints, cancelling it
+    leaves COLO by request, and its conclusion is the end of the replication run."""
+
+    job_type = "colo"
+    qemu_visible = False
+
+    def __init__(self, job_id: str, body: Callable[[ColoJob], Awaitable[None]],
+                 on_cancel: Callable[[], None]) -> None:
+        super().__init__(job_id, auto_dismiss=False)
+        self._body = body
+        self._on_cancel = on_cancel
+
+    async def run(self) -> None:
+        """Run the loop until the replication run ends."""
+        await self._body(self)
+
+    def cancel_mode(self, force: bool) -> bool:
+        """A cancel is a request to leave COLO (x-colo-lost-heartbeat on this side), never a
+        forced stop, so the job ends without error once failover has completed."""
+        asyncio.get_running_loop().call_soon(self._on_cancel)
+        return False
+
+
+class Replication:
+    """The state of one replication run on one side (``primary`` or ``secondary``)."""
+
+    def __init__(self, host: Host, chan: Channel, role: str) -> None:
+        self.host = host
+        self.chan = chan
+        self.role = role
+        self.failover = "none"
+        """FailoverStatus of this run."""
+        self.loading = False
+        """The secondary is applying a checkpoint (QEMU's vmstate_loading)."""
+        self.exited = False
+        """COLO_EXIT has been sent for this run."""
+        self.closing = False
+        self.kicked = False
+        self.job: ColoJob | None = None
+        self.broken = asyncio.Event()
+        self.cache: Buffer | None = None
+        self.cache_hashes: ChunkHashes | None = None
+        self.staging: Buffer | None = None
+
+    # -- COLO_EXIT and failover ------------------------------------------------------------
+
+    def colo_exit(self, reason: str) -> None:
+        """COLO_EXIT, once per run, with QEMU's data."""
+        if not self.exited:
+            self.exited = True
+            self.host.metrics.exit_reason = reason
+            self.host.events.emit("COLO_EXIT", {"mode": self.role, "reason": reason})
+
+    def request_failover(self) -> None:
+        """``none -> require``; the failover itself runs after the current reply (a BH)."""
+        self.failover = "require"
+        self.host.metrics.failover_requested = time.time()
+        asyncio.get_running_loop().call_soon(self._failover_bh)
+
+    def _failover_bh(self) -> None:
+        if self.failover != "require":
+            return
+        self.failover = "active"
+        if self.host.running:
+            self.host.set_runstate("colo")
+        if self.role == "secondary" and self.loading:
+            self.failover = "relaunch"
+            return
+        self.host.complete_migration(self.role)
+        self.shutdown()
+        self.failover = "completed"
+        self.colo_exit("request")
+        self.host.set_runstate("running")
+        m = self.host.metrics
+        m.failover_ms = (time.time() - m.failover_requested) * 1000.0
+        self.cache = self.staging = None
+        self.cache_hashes = None
+        if self.job is not None:
+            self.job.wake()
+
+    def shutdown(self) -> None:
+        """Shut the link down (failover, yank, migrate_cancel): pending I/O fails at once."""
+        self.chan.shutdown()
+        self.broken.set()
+
+    def kick(self) -> None:
+        """Start a checkpoint now (x-checkpoint-delay changed, or an injected mismatch)."""
+        self.kicked = True
+        if self.job is not None:
+            self.job.wake()
+
+    def close(self) -> None:
+        """The daemon is going away: end the loop without COLO events."""
+        self.closing = True
+        self.exited = True
+        self.shutdown()
+        self.chan.close()
+        if self.job is not None:
+            self.job.wake()
+
+    # -- shared helpers --------------------------------------------------------------------
+
+    async def _fault(self, phase: str) -> None:
+        fault = self.host.faults.take(phase)
+        if fault is None:
+            return
+        log.warning("fault injection: %s at %s (%s)", fault.action, phase, self.role)
+        if fault.action == "cut":
+            self.shutdown()
+        elif fault.action == "hold":
+            waits = [asyncio.ensure_future(fault.released.wait()),
+                     asyncio.ensure_future(self.broken.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self.broken.is_set():
+                raise ConnectionResetError("connection shut down")
+        elif fault.action == "delay":
+            await asyncio.sleep(fault.delay)
+        elif fault.action == "corrupt":
+            await self.chan.send([wire.message(0x2A)])
+        elif fault.action == "misorder":
+            await self.chan.send([wire.message(wire.VMSTATE_LOADED)])
+
+    async def _recv_message(self, want: int) -> None:
+        wire.expect(wire.parse_message(await self.chan.recv_exact(4)), want)
+
+    def _ended_by_failover(self) -> bool:
+        return self.closing or self.failover != "none"
+
+    async def _finish_failover(self, job: ColoJob) -> None:
+        """Wait for a requested failover to complete, so the job concludes after it."""
+        while not self.closing and self.failover not in ("completed", "none"):
+            await job.sleep(1.0)
+
+    def _error_exit(self, e: BaseException) -> None:
+        cause = _describe(e)
+        log.error("COLO %s: %s", self.role, cause)
+        self.colo_exit("error")
+        self.host.link_failed()
+        raise JobError(cause) from e
+
+    # -- the primary -----------------------------------------------------------------------
+
+    async def primary_loop(self, job: ColoJob) -> None:
+        """Take a checkpoint every x-checkpoint-delay (start to start), or when kicked."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.host.checkpoint_delay()
+        while True:
+            while True:
+                if self._ended_by_failover():
+                    return await self._finish_failover(job)
+                if self.kicked:
+                    self.kicked = False
+                    break
+                remaining = next_at - loop.time()
+                if remaining <= 0:
+                    break
+                await job.sleep(remaining)
+            start = loop.time()
+            next_at = start + self.host.checkpoint_delay()
+            try:
+                await self._primary_checkpoint()
+            except _LINK_ERRORS as e:
+                if self._ended_by_failover():
+                    return await self._finish_failover(job)
+                self._error_exit(e)
+            job.set_progress(self.host.metrics.checkpoints, self.host.metrics.checkpoints)
+
+    async def _primary_checkpoint(self) -> None:
+        host, guest, chan = self.host, self.host.guest, self.chan
+        await self._fault("request")
+        await chan.send([wire.message(wire.CHECKPOINT_REQUEST)])
+        await self._recv_message(wire.CHECKPOINT_REPLY)
+        await self._fault("reply")
+        if self.failover != "none":
+            raise ConnectionAbortedError("failover request")
+        t_stop = time.time()
+        host.set_runstate("colo")
+        host.next_pass()
+        seq = guest.checkpoint + 1
+        dirty = wire.runs(sorted(guest.dirty))
+        guest.dirty = set()
+        blob = guest.device_state(seq)
+        hashing: asyncio.Future[None] | None = None
+        if host.verify and guest.hashes.stale:
+            hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh))
+        try:
+            await self._fault("vmstate-send")
+            await chan.send([wire.message(wire.VMSTATE_SEND)])
+            ram_bytes = await self._send_runs(dirty)
+            await self._fault("vmstate-size")
+            await chan.send([wire.vmstate_size(len(blob))])
+            half = len(blob) // 2
+            await chan.send([blob[:half]])
+            await self._fault("blob")
+            await chan.send([blob[half:]])
+            if hashing is not None:
+                await hashing
+            if host.verify:
+                guest.record_digest(seq, guest.hashes.root(blob))
+            await self._recv_message(wire.VMSTATE_RECEIVED)
+            await self._fault("received")
+            await self._recv_message(wire.VMSTATE_LOADED)
+            await self._fault("loaded")
+        finally:
+            if hashing is not None and not hashing.done():
+                with contextlib.suppress(Exception):
+                    await hashing
+        guest.checkpoint = seq
+        if host.verify:
+            guest.committed_digest = guest.history.get(seq, "")
+        host.set_runstate("running")
+        t_resume = time.time()
+        host.metrics.record(t_stop, t_resume, ram_bytes, len(blob),
+                            sum(c for _, c in dirty))
+
+    async def _send_runs(self, page_runs: list[tuple[int, int]]) -> int:
+        """The RAM section: one record per run of dirty pages, then EOS.  The ``ram`` fault
+        fires after half of the runs (or after the only one)."""
+        ps, view = self.host.guest.page_size, self.host.guest.ram.view
+        parts: list[bytes | memoryview] = []
+        total = 0
+        mid = max(1, len(page_runs) // 2)
+        for i, (first, count) in enumerate(page_runs):
+            parts.append(wire.record(first, count, wire.REC_PAGE))
+            parts.append(view[first * ps:(first + count) * ps])
+            total += count * ps
+            if i + 1 == mid and "ram" in self.host.faults.armed:
+                await self.chan.send(parts)
+                parts = []
+                await self._fault("ram")
+        if not page_runs:
+            await self._fault("ram")
+        parts.append(wire.eos())
+        await self.chan.send(parts)
+        return total
+
+    # -- the secondary ---------------------------------------------------------------------
+
+    def prepare_secondary(self) -> None:
+        """Allocate the COLO cache (a copy of RAM as loaded) and the staging area."""
+        guest = self.host.guest
+        self.cache = Buffer(len(guest.ram.data))
+        self.cache.copy_runs_from(guest.ram, [(0, guest.pages)], guest.page_size)
+        self.cache_hashes = ChunkHashes(self.cache, guest.page_size)
+        self.cache_hashes.pages = list(guest.hashes.pages)
+        self.cache_hashes.chunks = list(guest.hashes.chunks)
+        self.cache_hashes.stale = set(guest.hashes.stale)
+        self.staging = Buffer(len(guest.ram.data))
+
+    async def secondary_loop(self, job: ColoJob) -> None:
+        """Serve checkpoints until the link ends or failover completes."""
+        while True:
+            if self._ended_by_failover():
+                return await self._finish_failover(job)
+            try:
+                await self._secondary_checkpoint()
+            except _LINK_ERRORS as e:
+                self.loading = False
+                if self._ended_by_failover():
+                    return await self._finish_failover(job)
+                self._error_exit(e)
+            job.set_progress(self.host.metrics.checkpoints, self.host.metrics.checkpoints)
+
+    async def _secondary_checkpoint(self) -> None:
+        host, guest, chan = self.host, self.host.guest, self.chan
+        await self._recv_message(wire.CHECKPOINT_REQUEST)
+        t_stop = time.time()
+        host.set_runstate("colo")
+        await self._fault("request")
+        await self._fault("reply")
+        await chan.send([wire.message(wire.CHECKPOINT_REPLY)])
+        await self._recv_message(wire.VMSTATE_SEND)
+        await self._fault("vmstate-send")
+        staged = await self._receive_runs()
+        await self._recv_message(wire.VMSTATE_SIZE)
+        size = wire.parse_u64(await chan.recv_exact(8))
+        if size > wire.MAX_DEVICE_STATE:
+            raise wire.ProtocolError(f"device state of {size} bytes is over the limit")
+        await self._fault("vmstate-size")
+        blob = await self._receive_blob(size)
+        await chan.send([wire.message(wire.VMSTATE_RECEIVED)])
+        await self._fault("received")
+        self.loading = True
+        try:
+            await self._fault("apply")
+            reverted = await self._apply(staged, blob)
+        finally:
+            self.loading = False
+        host.set_runstate("running")
+        t_resume = time.time()
+        host.metrics.record(t_stop, t_resume, sum(c for _, c in staged) * guest.page_size,
+                            len(blob), sum(c for _, c in staged), reverted)
+        if self.failover == "relaunch":
+            self.failover = "none"
+            self.request_failover()
+            return
+        await self._fault("loaded")
+        await chan.send([wire.message(wire.VMSTATE_LOADED)])
+        if host.verify and self.cache_hashes is not None:
+            if self.cache_hashes.stale:
+                await asyncio.to_thread(self.cache_hashes.refresh)
+            guest.record_digest(guest.checkpoint, self.cache_hashes.root(blob))
+            guest.committed_digest = guest.history[guest.checkpoint]
+
+    async def _receive_runs(self) -> list[tuple[int, int]]:
+        guest, chan, staging = self.host.guest, self.chan, self.staging
+        assert staging is not None
+        ps = guest.page_size
+        staged: list[tuple[int, int]] = []
+        while True:
+            first, flags = wire.parse_record_head(await chan.recv_exact(8))
+            if flags == wire.REC_EOS:
+                break
+            count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
+            wire.check_run(first, count, flags, guest.pages)
+            if flags == wire.REC_PAGE:
+                await chan.recv_into(staging.view[first * ps:(first + count) * ps])
+            else:
+                staging.zero_run(first, count, ps)
+            staged.append((first, count))
+            if len(staged) == 1:
+                await self._fault("ram")
+        if not staged:
+            await self._fault("ram")
+        return staged
+
+    async def _receive_blob(self, size: int) -> bytes:
+        half = size // 2
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        try:
+            await self.chan.recv_into(view[:half])
+            got = half
+            await self._fault("blob")
+            await self.chan.recv_into(view[half:])
+        except _LINK_ERRORS as e:
+            raise wire.ProtocolError(
+                f"Got {got} VMState data, less than expected {size}") from e
+        return bytes(buf)
+
+    async def _apply(self, staged: list[tuple[int, int]], blob: bytes) -> int:
+        """Commit a complete checkpoint: staged -> cache -> live, reverting self-dirtied
+        pages; then the device state.  Returns how many pages were reverted."""
+        guest, cache, staging = self.host.guest, self.cache, self.staging
+        assert cache is not None and staging is not None and self.cache_hashes is not None
+        staged_pages: set[int] = set()
+        for first, count in staged:
+            staged_pages.update(range(first, first + count))
+        own = guest.dirty - staged_pages
+        guest.dirty = set()
+        revert = wire.runs(sorted(own))
+        ps = guest.page_size
+
+        def work() -> None:
+            cache.copy_runs_from(staging, staged, ps)
+            guest.ram.copy_runs_from(cache, staged, ps)
+            guest.ram.copy_runs_from(cache, revert, ps)
+
+        await asyncio.to_thread(work)
+        self.cache_hashes.mark_runs(staged)
+        guest.hashes.mark_runs(staged)
+        guest.hashes.mark_runs(revert)
+        guest.checkpoint = guest.load_device_state(blob)
+        return len(own)
+
+
+def _describe(e: BaseException) -> str:
+    """The cause, worded as QEMU's log line for it."""
+    if isinstance(e, wire.ProtocolError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"Can't receive COLO message: {e.strerror}"
+    return f"Can't receive COLO message: {e or 'Input/output error'}"
