@@ -203,26 +203,17 @@ class Guest:
     def device_state(self, checkpoint: int) -> bytes:
         """The device blob as of now, labelled with checkpoint number ``checkpoint``."""
         state = {"cpu": {"pc": self.vclock * 4 & _MASK64}, "prng": self.prng,
-                 "cursor": self.cursor, "vclock": self.vclock, "checkpoint": checkpoint,
-                 "side": self.side,
-                 "workload": [self.workload.rate, self.workload.pattern,
-                              self.workload.hot_pages]}
+                 "cursor": self.cursor, "vclock": self.vclock, "checkpoint": checkpoint}
         blob = orjson.dumps(state)
         pad = self.device_size - len(blob) - 1
         return blob + b"\n" + b"\0" * pad if pad > 0 else blob + b"\n"
 
-    def load_device_state(self, blob: bytes, adopt_side: bool = False) -> int:
-        """Take over a device blob; returns its checkpoint number.  With ``adopt_side`` (the
-        initial sync) this guest stamps its own writes differently from the sender's, so
-        that a secondary's divergent pages can be told apart."""
+    def load_device_state(self, blob: bytes) -> int:
+        """Take over a device blob; returns its checkpoint number."""
         state: dict[str, Any] = orjson.loads(blob.split(b"\n", 1)[0])
-        if adopt_side:
-            self.side = (int(state["side"]) ^ 0x80) & 0xFF
         self.prng = int(state["prng"])
         self.cursor = int(state["cursor"])
         self.vclock = int(state["vclock"])
-        rate, pattern, hot = state["workload"]
-        self.workload = Workload(int(rate), str(pattern), self.workload.seed, int(hot))
         return int(state["checkpoint"])
 
     # -- digests ---------------------------------------------------------------------------

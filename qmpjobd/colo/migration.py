@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -321,7 +322,8 @@ class Migration:
             chan = await Channel.connect(addr)
         except OSError as e:
             where = addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}"
-            self.error_desc = f"Failed to connect to '{where}': {e.strerror or e}"
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            self.error_desc = f"Failed to connect to '{where}': {reason}"
             log.error("migration: %s", self.error_desc)
             self.machine.yankables.pop("migration", None)
             self._set_out("failed")
@@ -335,7 +337,8 @@ class Migration:
             self._set_out("active")
             guest.dirty = set()
             data, zero = guest.nonzero_runs()
-            parts: list[bytes | memoryview] = [wire.header(guest.page_size, guest.pages, colo)]
+            parts: list[bytes | memoryview] = [wire.header(guest.page_size, guest.pages, colo,
+                                                             guest.side)]
             ps, view = guest.page_size, guest.ram.view
             for first, count in zero:
                 parts.append(wire.record(first, count, wire.REC_ZERO))
@@ -437,7 +440,9 @@ class Migration:
         guest = self.guest
         try:
             self._set_in("active")
-            page_size, pages, colo = wire.parse_header(await chan.recv_exact(wire.HEADER_SIZE))
+            page_size, pages, colo, side = wire.parse_header(
+                await chan.recv_exact(wire.HEADER_SIZE))
+            guest.side = side ^ 0x80
             if page_size != guest.page_size or pages != guest.pages:
                 raise wire.ProtocolError(
                     f"guest RAM differs: incoming {pages * page_size} bytes in "
@@ -459,7 +464,7 @@ class Migration:
             if size > wire.MAX_DEVICE_STATE:
                 raise wire.ProtocolError(f"device state of {size} bytes is over the limit")
             blob = await chan.recv_exact(size)
-            guest.checkpoint = guest.load_device_state(blob, adopt_side=True)
+            guest.checkpoint = guest.load_device_state(blob)
             guest.dirty = set()
             await asyncio.to_thread(guest.hashes.refresh)
             guest.record_digest(0, guest.hashes.root(blob))

@@ -397,13 +397,14 @@ class Replication:
         if self.failover == "relaunch":
             self.failover = "none"
             self.request_failover()
-            return
-        await self._fault("loaded")
-        await chan.send([wire.message(wire.VMSTATE_LOADED)])
-        if host.verify and self.cache_hashes is not None:
-            if self.cache_hashes.stale:
-                await asyncio.to_thread(self.cache_hashes.refresh)
-            guest.record_digest(guest.checkpoint, self.cache_hashes.root(blob))
+        else:
+            await self._fault("loaded")
+            await chan.send([wire.message(wire.VMSTATE_LOADED)])
+        hashes = self.cache_hashes  # a failover may drop the cache while this runs
+        if host.verify and hashes is not None:
+            if hashes.stale:
+                await asyncio.to_thread(hashes.refresh)
+            guest.record_digest(guest.checkpoint, hashes.root(blob))
             guest.committed_digest = guest.history[guest.checkpoint]
 
     async def _receive_runs(self) -> list[tuple[int, int]]:

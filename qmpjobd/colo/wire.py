@@ -78,19 +78,21 @@ def parse_u64(data: bytes) -> int:
     return int(_U64.unpack(data)[0])
 
 
-def header(page_size: int, pages: int, colo: bool) -> bytes:
-    """The start of a migration stream: magic, version, page size, page count, flags."""
-    return _HEADER.pack(MAGIC, VERSION, page_size, pages, FLAG_ENABLE_COLO if colo else 0)
+def header(page_size: int, pages: int, colo: bool, side: int = 0) -> bytes:
+    """The start of a migration stream: magic, version, page size, page count, flags (with
+    the sender's workload side in bits 8-15, so the receiver can pick a different one)."""
+    flags = (FLAG_ENABLE_COLO if colo else 0) | (side & 0xFF) << 8
+    return _HEADER.pack(MAGIC, VERSION, page_size, pages, flags)
 
 
-def parse_header(data: bytes) -> tuple[int, int, bool]:
-    """Decode the stream header into (page size, page count, enable-colo)."""
+def parse_header(data: bytes) -> tuple[int, int, bool, int]:
+    """Decode the stream header into (page size, page count, enable-colo, sender side)."""
     magic, version, page_size, pages, flags = _HEADER.unpack(data)
     if magic != MAGIC:
         raise ProtocolError("not a qmpjobd migration stream (bad magic)")
     if version != VERSION:
         raise ProtocolError(f"unsupported migration stream version {version}")
-    return page_size, pages, bool(flags & FLAG_ENABLE_COLO)
+    return page_size, pages, bool(flags & FLAG_ENABLE_COLO), (flags >> 8) & 0xFF
 
 
 def record(first: int, count: int, flag: int) -> bytes:
