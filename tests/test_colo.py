@@ -485,3 +485,93 @@ def test_link_cut_with_heartbeat_alive_fails_over_only_the_primary(tmp_path: obj
         decision = pr.s.ok("x-query-colo-metrics")["heartbeat"]["decision"]
     assert decision.startswith("stay")
     assert pr.s.ok("query-colo-status")["mode"] == "secondary"
+
+
+# -- docs/COLO-FT.txt replayed verbatim (issue 4, item 6) ----------------------------------
+
+def _replay(c: EvClient, steps: list[tuple[str, dict[str, object] | None, object]]) -> None:
+    """Each expected outcome is a return value or an (class, desc) error, as QEMU 7.2 gave
+    on a VM without the named block/net objects (tests/data/qemu72-migration.json)."""
+    for name, args, want in steps:
+        reply = c.cmd(name, args)
+        got = reply.get("return", (reply.get("error", {}).get("class"),
+                                   reply.get("error", {}).get("desc")))
+        assert got == want, (name, args, reply)
+
+
+def test_colo_ft_sequence_replays(tmp_path: object) -> None:
+    port = __import__("colotest").free_port()
+    sec = start_qmpjobd(str(tmp_path), "--incoming", f"tcp:127.0.0.1:{port}", name="s.sock")
+    pri = start_qmpjobd(str(tmp_path), "-S", name="p.sock")
+    s, p = EvClient(sec.path), EvClient(pri.path)
+    nf = "GenericError"
+    _replay(s, [
+        ("nbd-server-start", {"addr": {"type": "inet", "data": {"host": "0.0.0.0",
+                                                                "port": "9999"}}}, {}),
+        ("nbd-server-add", {"device": "parent0", "writable": True},
+         (nf, "Cannot find device='parent0' nor node-name='parent0'"))])
+    assert p.ok("query-status")["status"] == "prelaunch"
+    _replay(p, [
+        ("human-monitor-command", {"command-line": "drive_add -n buddy driver=replication,"
+                                   "mode=primary,file.driver=nbd,file.host=127.0.0.2,"
+                                   "file.port=9999,file.export=parent0,"
+                                   "node-name=replication0"}, "OK\r\n"),
+        ("x-blockdev-change", {"parent": "colo-disk0", "node": "replication0"},
+         (nf, "Cannot find device='colo-disk0' nor node-name='colo-disk0'")),
+        ("migrate-set-capabilities", {"capabilities": [{"capability": "x-colo",
+                                                        "state": True}]}, {}),
+        ("migrate", {"uri": f"tcp:127.0.0.1:{port}"}, {}),
+        ("migrate-set-parameters", {"x-checkpoint-delay": 200}, {})])
+    p.wait_event("RESUME")
+    assert p.ok("query-colo-status")["mode"] == "primary"
+    wait_checkpoints(s, 2)
+    # primary failover (the secondary died)
+    os.kill(sec.pid, signal.SIGKILL)
+    _replay(p, [
+        ("x-blockdev-change", {"parent": "colo-disk0", "child": "children.1"},
+         (nf, "Cannot find device='colo-disk0' nor node-name='colo-disk0'")),
+        ("human-monitor-command", {"command-line": "drive_del replication0"}, ""),
+        *[("object-del", {"id": i}, (nf, f"object '{i}' not found"))
+          for i in ("comp0", "iothread1", "m0", "redire0", "redire1")],
+        ("x-colo-lost-heartbeat", None, {})])
+    p.wait_event("COLO_EXIT")
+    assert p.ok("query-colo-status") == {"mode": "none", "last-mode": "primary",
+                                         "reason": "request"}
+    assert p.ok("query-status")["status"] == "running"
+    _replay(p, [("chardev-remove", {"id": "red1"}, (nf, "Chardev 'red1' not found")),
+                ("object-add", {"qom-type": "iothread", "id": "iothread1"}, {}),
+                ("object-add", {"qom-type": "iothread", "id": "iothread1"},
+                 (nf, "attempt to add duplicate property 'iothread1' to object "
+                      "(type 'container')")),
+                ("object-del", {"id": "iothread1"}, {}),
+                ("block-job-cancel", {"device": "resync"},
+                 ("DeviceNotActive", "Block job 'resync' not found")),
+                ("human-monitor-command", {"command-line": "info status"},
+                 "VM status: running\r\n")])
+
+
+def test_plain_migration_without_colo(tmp_path: object) -> None:
+    uri = f"unix:{tmp_path}/plain.sock"
+    dst = start_qmpjobd(str(tmp_path), "--incoming", uri, "--guest-ram", "4M", name="d.sock")
+    src = start_qmpjobd(str(tmp_path), "--guest-ram", "4M", name="s.sock")
+    d, s = EvClient(dst.path), EvClient(src.path)
+    assert d.ok("query-migrate") == {"socket-address": [{"type": "unix",
+                                                         "path": f"{tmp_path}/plain.sock"}]}
+    caps = {"capabilities": [{"capability": "events", "state": True}]}
+    d.ok("migrate-set-capabilities", caps)
+    s.ok("migrate-set-capabilities", caps)
+    s.ok("migrate", {"uri": uri})
+    s.wait_event("MIGRATION", {"status": "completed"})
+    d.wait_event("MIGRATION", {"status": "completed"})
+    assert s.names() == [("MIGRATION", {"status": "setup"}), ("MIGRATION_PASS", {"pass": 1}),
+                         ("MIGRATION", {"status": "active"}), ("STOP", None),
+                         ("MIGRATION_PASS", {"pass": 2}),
+                         ("MIGRATION", {"status": "completed"})]
+    assert d.names() == [("MIGRATION", {"status": "active"}), ("RESUME", None),
+                         ("MIGRATION", {"status": "completed"})]
+    assert s.ok("query-status")["status"] == "postmigrate"
+    assert d.ok("query-migrate") == {"status": "completed"}
+    assert s.err("migrate", {"uri": uri}) == (
+        "GenericError", "Can't migrate the vm that was paused due to previous migration")
+    assert d.ok("x-query-guest-state")["checkpoint-digest"] == \
+        s.ok("x-query-guest-state")["checkpoint-digest"]

@@ -185,6 +185,8 @@ class Migration:
             if self.out_status == "failed" and self.error_desc:
                 info["error-desc"] = self.error_desc
             return info
+        if self.in_status == "setup" and self.in_address is not None:
+            return {"socket-address": [self.in_address.qapi()]}  # listening: no status (7.2)
         if self.in_status != "none":
             info = {"status": self.in_status}
             if self.in_status in ("setup", "active", "colo") and self.in_address is not None:
@@ -257,10 +259,11 @@ class Migration:
             raise QMPError("Guest is waiting for an incoming migration")
         if blk and self.caps["x-colo"]:
             raise QMPError("No disk migration is required in COLO mode")
-        if blk:
-            raise QMPError("QEMU compiled without old-style (blk/-b, inc/-i) block migration")
+        if self.machine.status == "postmigrate":
+            raise QMPError("Can't migrate the vm that was paused due to previous migration")
         addr = parse_uri(uri)
         if addr is None:
+            self.out_status = "failed"  # 7.2 leaves this behind, without an event
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
         old = self.jobs.find(COLO_JOB_ID)
         if old is not None and old.status == "concluded":
@@ -470,10 +473,10 @@ class Migration:
             guest.record_digest(0, guest.hashes.root(blob))
             guest.committed_digest = guest.history[0]
             if not colo:
+                self.set_runstate("running" if self.machine.autostart else "paused")
                 self._set_in("completed")
                 self.machine.yankables.pop("migration", None)
                 chan.close()
-                self.set_runstate("running" if self.machine.autostart else "paused")
                 return
             self._set_in("colo")
             rep = Replication(self, chan, "secondary")

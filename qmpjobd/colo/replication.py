@@ -394,18 +394,21 @@ class Replication:
         t_resume = time.time()
         host.metrics.record(t_stop, t_resume, sum(c for _, c in staged) * guest.page_size,
                             len(blob), sum(c for _, c in staged), reverted)
-        if self.failover == "relaunch":
-            self.failover = "none"
-            self.request_failover()
-        else:
-            await self._fault("loaded")
-            await chan.send([wire.message(wire.VMSTATE_LOADED)])
         hashes = self.cache_hashes  # a failover may drop the cache while this runs
-        if host.verify and hashes is not None:
-            if hashes.stale:
-                await asyncio.to_thread(hashes.refresh)
-            guest.record_digest(guest.checkpoint, hashes.root(blob))
-            guest.committed_digest = guest.history[guest.checkpoint]
+        hashing = asyncio.ensure_future(asyncio.to_thread(hashes.refresh)) \
+            if host.verify and hashes is not None else None
+        try:
+            if self.failover == "relaunch":
+                self.failover = "none"
+                self.request_failover()
+            else:
+                await self._fault("loaded")
+                await chan.send([wire.message(wire.VMSTATE_LOADED)])
+        finally:
+            if hashing is not None and hashes is not None:
+                await hashing
+                guest.record_digest(guest.checkpoint, hashes.root(blob))
+                guest.committed_digest = guest.history[guest.checkpoint]
 
     async def _receive_runs(self) -> list[tuple[int, int]]:
         guest, chan, staging = self.host.guest, self.chan, self.staging
@@ -457,12 +460,13 @@ class Replication:
         revert = wire.runs(sorted(own))
         ps = guest.page_size
 
-        def work() -> None:
-            cache.copy_runs_from(staging, staged, ps)
-            guest.ram.copy_runs_from(cache, staged, ps)
-            guest.ram.copy_runs_from(cache, revert, ps)
+        def to_live() -> None:
+            guest.ram.copy_runs_from(staging, staged, ps)
+            guest.ram.copy_runs_from(cache, revert, ps)  # pages the cache copy does not touch
 
-        await asyncio.to_thread(work)
+        # two copies on two cores: memmove releases the GIL
+        await asyncio.gather(asyncio.to_thread(cache.copy_runs_from, staging, staged, ps),
+                             asyncio.to_thread(to_live))
         self.cache_hashes.mark_runs(staged)
         guest.hashes.mark_runs(staged)
         guest.hashes.mark_runs(revert)

@@ -53,7 +53,7 @@ def register(registry: Registry, block: BlockGraph, mig: Migration) -> Recorded:
             raise QMPError("NBD server not running")
         name = args["device"]
         if not known(name):
-            raise QMPError(f"Cannot find device={name} nor node_name={name}")
+            raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
         rec.exports.add(args.get("name", name))
 
     def nbd_stop(args: dict[str, Any]) -> None:
