@@ -150,6 +150,9 @@ class Guest:
         """The last committed checkpoint number (0: none yet)."""
         self.committed_digest = ""
         """Digest of the state at the last committed checkpoint ("" until one exists)."""
+        self.settling: asyncio.Future[None] | None = None
+        """The committed digest being computed (queries wait for it, so that the checkpoint
+        number and its digest are reported together)."""
         self.history: dict[int, str] = {}
         """Digests of recent checkpoints by number (the primary's taken at its STOP)."""
         self._budget = 0.0

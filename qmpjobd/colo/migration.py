@@ -8,6 +8,7 @@ Mode, failover state and COLO_EXIT follow QEMU 7.2 (colo.md §1-§2); everything
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -307,6 +308,9 @@ class Migration:
         """x-query-guest-state: digests of the live state and of recent checkpoints."""
         async def run() -> dict[str, Any]:
             g = self.guest
+            if g.settling is not None and not g.settling.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(g.settling)
             digest = await g.digest_now(self.machine.running)
             return {"digest": digest, "checkpoint": g.checkpoint,
                     "checkpoint-digest": g.committed_digest,

@@ -397,6 +397,7 @@ class Replication:
         hashes = self.cache_hashes  # a failover may drop the cache while this runs
         hashing = asyncio.ensure_future(asyncio.to_thread(hashes.refresh)) \
             if host.verify and hashes is not None else None
+        guest.settling = hashing
         try:
             if self.failover == "relaunch":
                 self.failover = "none"
