@@ -14,8 +14,8 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from colotest import start_pair, wait_checkpoints  # noqa: E402
-from qmptest import STARTED  # noqa: E402
+from colotest import start_pair, wait_checkpoints
+from qmptest import STARTED
 
 CASES = [
     # name, transport, guest RAM, primary rate (pages/s), pattern, verify
@@ -50,6 +50,7 @@ def run(case: tuple[str, str, str, int, str, bool], checkpoints: int) -> dict[st
                     "dirty MiB/ckpt": round(m["dirty-pages-last"] * 4096 / (1 << 20), 1),
                     "P median": m["downtime-median-ms"], "P p90": m["downtime-p90-ms"],
                     "P max": m["downtime-max-ms"], "S median": sm["downtime-median-ms"],
+                    "period": m["period-median-ms"],
                     "failover ms": fo}
         finally:
             for d in STARTED:

@@ -575,3 +575,17 @@ def test_plain_migration_without_colo(tmp_path: object) -> None:
         "GenericError", "Can't migrate the vm that was paused due to previous migration")
     assert d.ok("x-query-guest-state")["checkpoint-digest"] == \
         s.ok("x-query-guest-state")["checkpoint-digest"]
+
+
+def test_migrate_cancel_during_colo_breaks_replication(pair: Pair) -> None:
+    p, s = pair.p, pair.s
+    n, m = len(p.events), len(s.events)
+    assert p.ok("migrate_cancel") == {}
+    p.wait_event("COLO_EXIT", {"mode": "primary", "reason": "error"}, since=n)
+    s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"}, since=m)
+    for c, mode in ((p, "primary"), (s, "secondary")):
+        assert c.ok("query-colo-status") == {"mode": mode, "last-mode": "none",
+                                             "reason": "none"}
+        assert c.ok("query-migrate")["status"] == "colo"
+    assert p.err("migrate", {"uri": pair.uri}) == ("GenericError",
+                                                   "There's a migration process in progress")

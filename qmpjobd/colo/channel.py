@@ -44,6 +44,14 @@ def parse_uri(uri: str) -> Address | None:
     return None
 
 
+class ShortRead(ConnectionError):
+    """The peer closed the stream in the middle of a read; ``got`` bytes had arrived."""
+
+    def __init__(self, got: int) -> None:
+        super().__init__("Input/output error")
+        self.got = got
+
+
 class Channel:
     """A connected socket with exact-size reads (read ahead for small messages) and writes
     that join small pieces; closing or :meth:`shutdown` wakes a pending read or write."""
@@ -123,7 +131,7 @@ class Channel:
                 raise ConnectionResetError("connection closed")
             n = await self.loop.sock_recv_into(self.sock, view[got:])
             if n == 0:
-                raise ConnectionError("Input/output error")
+                raise ShortRead(got)
             got += n
             self.received += n
 

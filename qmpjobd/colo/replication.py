@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..jobs import Job, JobError
 from ..schema import EventSink
 from . import wire
-from .channel import Channel
+from .channel import Channel, ShortRead
 from .faults import Faults
 from .guest import Buffer, ChunkHashes, Guest
 
@@ -64,6 +64,8 @@ class Metrics:
     def __init__(self) -> None:
         self.checkpoints = 0
         self.downtimes: deque[float] = deque(maxlen=4096)
+        self.periods: deque[float] = deque(maxlen=4096)
+        self._last_stop = 0.0
         self.ram_bytes = 0
         self.device_bytes = 0
         self.dirty_pages = 0
@@ -77,6 +79,9 @@ class Metrics:
         """One finished checkpoint; ``stop``/``resume`` are the STOP/RESUME event times."""
         self.checkpoints += 1
         self.downtimes.append((resume - stop) * 1000.0)
+        if self._last_stop:
+            self.periods.append((stop - self._last_stop) * 1000.0)
+        self._last_stop = stop
         self.ram_bytes, self.device_bytes = ram_bytes, device_bytes
         self.dirty_pages, self.reverted_pages = dirty, reverted
 
@@ -89,6 +94,8 @@ class Metrics:
                         "downtime-median-ms": round(statistics.median(d), 3),
                         "downtime-p90-ms": round(d[min(len(d) - 1, int(len(d) * 0.9))], 3),
                         "downtime-max-ms": round(d[-1], 3)})
+        if self.periods:
+            out["period-median-ms"] = round(statistics.median(self.periods), 3)
         out.update({"ram-bytes-last": self.ram_bytes, "device-bytes-last": self.device_bytes,
                     "dirty-pages-last": self.dirty_pages,
                     "reverted-pages-last": self.reverted_pages})
@@ -444,6 +451,7 @@ class Replication:
             await self._fault("blob")
             await self.chan.recv_into(view[half:])
         except _LINK_ERRORS as e:
+            got += e.got if isinstance(e, ShortRead) else 0
             raise wire.ProtocolError(
                 f"Got {got} VMState data, less than expected {size}") from e
         return bytes(buf)

@@ -142,7 +142,8 @@ def declare(s: Schema) -> None:
     s.command("x-query-guest-state", returns="XGuestState")
     s.struct("XColoMetrics", {"checkpoints": "int", "*downtime-last-ms": "number",
                               "*downtime-median-ms": "number", "*downtime-p90-ms": "number",
-                              "*downtime-max-ms": "number", "ram-bytes-last": "int",
+                              "*downtime-max-ms": "number", "*period-median-ms": "number",
+                              "ram-bytes-last": "int",
                               "device-bytes-last": "int", "dirty-pages-last": "int",
                               "reverted-pages-last": "int", "*failover-ms": "number",
                               "*heartbeat": "any"})
