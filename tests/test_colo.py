@@ -589,3 +589,17 @@ def test_migrate_cancel_during_colo_breaks_replication(pair: Pair) -> None:
         assert c.ok("query-migrate")["status"] == "colo"
     assert p.err("migrate", {"uri": pair.uri}) == ("GenericError",
                                                    "There's a migration process in progress")
+
+
+@pytest.mark.parametrize("phase", ["blob", "received"])
+def test_failover_drill_example(tmp_path: object, phase: str) -> None:
+    pytest.importorskip("qemu.qmp", reason="the drill example uses qemu.qmp")
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "examples", "colo_failover_drill.py"),
+                          "--phase", phase, "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "survivor digest matches the primary's" in out.stdout
+    assert out.stdout.rstrip().endswith("drill passed")
