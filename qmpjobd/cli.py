@@ -6,18 +6,24 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import grp
 import importlib
 import importlib.util
 import logging
 import os
+import pwd
 import signal
+import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__
+from . import __version__, config
 from .colo.guest import PATTERNS, Guest, Workload
-from .server import Limits, Server, StartupError
+from .server import Access, Limits, Server, StartupError
+from .server.trace import Tracer
+from .tls import TlsFiles
 
 log = logging.getLogger("qmpjobd")
 
@@ -57,18 +63,62 @@ def _size(text: str) -> int:
     return int(num) * units[unit]
 
 
+class OctalMode(int):
+    """A file mode that prints (and goes back into a config file) in octal."""
+
+    def __str__(self) -> str:
+        return f"0{self:o}"
+
+
+def _mode(text: str) -> OctalMode:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an octal mode, e.g. 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError("expected an octal mode between 0000 and 0777")
+    return OctalMode(mode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for --help in the README)."""
     p = argparse.ArgumentParser(
         prog="qmpjobd",
         description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="read settings from a TOML file (keys are these long option names; "
+                        "flags override it)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings as TOML and exit")
     p.add_argument("--socket", metavar="PATH", default=None,
-                   help=f"Unix socket to listen on (default: {default_socket()})")
+                   help=f"Unix socket to listen on (default: {default_socket()}; not created "
+                        "when systemd passes sockets)")
     p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, action="append", default=[],
-                   help="also listen on TCP (loopback only unless --tcp-allow-remote)")
-    p.add_argument("--tcp-allow-remote", action="store_true",
-                   help="allow --tcp on a non-loopback address (QMP has no authentication)")
+                   help="also listen on TCP (loopback only, unless TLS is configured)")
     p.add_argument("--name", default=None, help="guest name reported by query-name")
+    p.add_argument("--trace", metavar="FILE", default=None,
+                   help="append every message of every connection to FILE as JSON lines")
+    s = p.add_argument_group("security")
+    s.add_argument("--socket-mode", type=_mode, default=_mode("0600"), metavar="OCTAL",
+                   help="permissions of the Unix socket (default 0600)")
+    s.add_argument("--socket-group", default=None, metavar="GROUP",
+                   help="group of the Unix socket (a name or a gid)")
+    s.add_argument("--allow-uid", action="append", default=[], metavar="USER",
+                   help="only these users (names or uids; root always) may connect over the "
+                        "Unix socket (SO_PEERCRED); repeatable")
+    s.add_argument("--allow-gid", action="append", default=[], metavar="GROUP",
+                   help="... or members of these primary groups; repeatable")
+    s.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="TLS certificate for TCP listeners (and for --colo-tls)")
+    s.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
+    s.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="CA bundle: clients (and COLO peers) must present a certificate "
+                        "signed by it")
+    s.add_argument("--colo-tls", action="store_true",
+                   help="use TLS (the same files) on the COLO replication link")
+    s.add_argument("--max-message", type=int, default=Limits.max_message, metavar="BYTES",
+                   help=f"largest request a client may send (default {Limits.max_message}, "
+                        "QEMU's limit)")
     p.add_argument("--qemu-version", type=_version_triple, default=(7, 2, 0),
                    metavar="X.Y.Z", help="version triple to report (default 7.2.0)")
     p.add_argument("--max-output", type=int, default=Limits.max_output, metavar="BYTES",
@@ -147,6 +197,54 @@ def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], st
     return asyncio.new_event_loop, "asyncio"
 
 
+def _uid(name: str) -> int:
+    return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+
+
+def _gid(name: str) -> int:
+    return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+
+
+def access_from(args: argparse.Namespace) -> Access:
+    """The security settings; KeyError/ValueError/OSError name what is wrong."""
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca).server_context()
+    if args.colo_tls and not (args.tls_cert and args.tls_key and args.tls_ca):
+        raise ValueError("--colo-tls needs --tls-cert, --tls-key and --tls-ca (both sides "
+                         "verify each other)")
+    return Access(socket_mode=int(args.socket_mode),
+                  socket_group=_gid(args.socket_group) if args.socket_group else None,
+                  allow_uids=frozenset(_uid(u) for u in args.allow_uid),
+                  allow_gids=frozenset(_gid(g) for g in args.allow_gid), tls=tls)
+
+
+def activated_sockets() -> list[socket.socket]:
+    """Sockets passed by systemd (LISTEN_PID/LISTEN_FDS, starting at fd 3)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return [socket.socket(fileno=3 + i) for i in range(count)]
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about readiness or stopping (Type=notify); nothing without NOTIFY_SOCKET."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as e:
+        log.warning("sd_notify %s failed: %s", state, e.strerror)
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run the daemon until quit or a signal; returns the exit status."""
     package = f"qmpjobd {__version__}"
@@ -154,12 +252,24 @@ async def serve(args: argparse.Namespace) -> int:
             and not args.incoming.startswith(("tcp:", "unix:")):
         log.error("--incoming %s: expected tcp:HOST:PORT, unix:PATH or defer", args.incoming)
         return 1
+    try:
+        access = access_from(args)
+    except (KeyError, ValueError, OSError, ssl.SSLError) as e:
+        log.error("security settings: %s", e)
+        return 1
+    colo_tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.colo_tls else None
+    try:
+        tracer = Tracer(args.trace) if args.trace else None
+    except OSError as e:
+        log.error("--trace %s: %s", args.trace, e.strerror)
+        return 1
     guest = Guest(args.guest_ram, Workload(args.workload_rate, args.workload_pattern,
                                            args.workload_seed),
                   device_size=args.device_state_size, side=1)
     server = Server(version=args.qemu_version, package=package, name=args.name,
-                    limits=Limits(max_output=args.max_output), guest=guest,
-                    incoming=args.incoming, paused=args.paused, compat=args.qemu_compat)
+                    limits=Limits(max_output=args.max_output, max_message=args.max_message),
+                    guest=guest, incoming=args.incoming, paused=args.paused,
+                    compat=args.qemu_compat, access=access, tracer=tracer, colo_tls=colo_tls)
     try:
         for spec in args.plugin:
             load_plugin(spec).register(server)
@@ -169,26 +279,54 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.signal_stop, sig.name)
-    path = args.socket or default_socket()
-    if args.socket is None:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    activated = activated_sockets()
     try:
-        await server.listen_unix(path)
+        for sock in activated:
+            await server.adopt(sock)
         for host, port in args.tcp:
-            await server.listen_tcp(host, port, args.tcp_allow_remote)
+            await server.listen_tcp(host, port)
+        # the Unix socket last: once its file exists, every listener is up
+        if args.socket is not None or not activated:
+            path = args.socket or default_socket()
+            if args.socket is None:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            await server.listen_unix(path)
     except StartupError as e:
         log.error("%s", e)
         await server.close()
         return 1
+    sd_notify("READY=1")
     await server.stopped.wait()
+    sd_notify("STOPPING=1")
     await server.close()
     log.info("stopped (%s)", server.exit_reason)
     return 0
 
 
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Command line over the --config file over the built-in defaults."""
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            parser.set_defaults(**config.load(parser, known.config))
+        except config.ConfigError as e:
+            parser.exit(2, f"qmpjobd: config {e}\n")
+    return parser, parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``qmpjobd`` script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``qmpjobd`` script (``qmpjobd watch ...`` runs the live view)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "watch":
+        from . import watch
+        return watch.main(argv[1:])
+    parser, args = parse_args(argv)
+    if args.print_config:
+        sys.stdout.write(config.render(parser, args))
+        return 0
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,3 +176,65 @@ async def listen(addr: Address) -> socket.socket:
     sock.listen(1)
     sock.setblocking(False)
     return sock
+
+
+class TlsChannel(Channel):
+    """The same link over TLS (asyncio streams; ``--colo-tls``)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.sent = 0
+        self.received = 0
+        self.closed = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @classmethod
+    async def connect_tls(cls, addr: Address, ctx: ssl.SSLContext) -> TlsChannel:
+        """Connect and complete the TLS handshake (the peer must chain to our CA)."""
+        if addr.kind == "unix":
+            reader, writer = await asyncio.open_unix_connection(addr.path, ssl=ctx,
+                                                                server_hostname="")
+        else:
+            reader, writer = await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
+                                                           server_hostname="")
+        return cls(reader, writer)
+
+    @classmethod
+    async def accept_tls(cls, sock: socket.socket, ctx: ssl.SSLContext) -> TlsChannel:
+        """Server side of the handshake on an accepted socket."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        proto = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock, ssl=ctx)
+        return cls(reader, asyncio.StreamWriter(transport, proto, reader, loop))
+
+    async def send(self, parts: Sequence[bytes | memoryview]) -> None:
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        for part in parts:
+            self.writer.write(part)
+            self.sent += len(part)
+        await self.writer.drain()
+
+    async def recv_exact(self, n: int) -> bytes:
+        try:
+            data = await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            raise ShortRead(len(e.partial)) from None
+        self.received += n
+        return data
+
+    async def recv_into(self, view: memoryview) -> None:
+        view[:] = await self.recv_exact(len(view))
+
+    def shutdown(self) -> None:
+        self.writer.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.transport.abort()

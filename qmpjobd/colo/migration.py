@@ -19,8 +19,9 @@ from ..jobs import JobRegistry
 from ..machine import Machine
 from ..protocol.errors import QMPError
 from ..schema import EventSink
+from ..tls import TlsFiles
 from . import wire
-from .channel import Address, Channel, listen, parse_uri
+from .channel import Address, Channel, TlsChannel, listen, parse_uri
 from .faults import Faults
 from .guest import Guest
 from .reference import CAPABILITIES, DEFAULT_PARAMETERS
@@ -39,12 +40,15 @@ class Migration:
     """Outgoing and incoming migration of this daemon's guest, and its COLO runs."""
 
     def __init__(self, events: EventSink, machine: Machine, jobs: JobRegistry, guest: Guest,
-                 *, incoming: str | None = None, compat: str = "7.2") -> None:
+                 *, incoming: str | None = None, compat: str = "7.2",
+                 tls: TlsFiles | None = None) -> None:
         self.events = events
         self.machine = machine
         self.jobs = jobs
         self.guest = guest
         self.compat = compat
+        self.tls = tls
+        """With TLS files, the replication link is TLS in both directions (--colo-tls)."""
         self.caps = dict.fromkeys(CAPABILITIES, False)
         self.params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
         self.out_status = "none"
@@ -326,7 +330,8 @@ class Migration:
     async def _outgoing(self, addr: Address, colo: bool) -> None:
         guest = self.guest
         try:
-            chan = await Channel.connect(addr)
+            chan = await Channel.connect(addr) if self.tls is None else \
+                await TlsChannel.connect_tls(addr, self.tls.client_context())
         except OSError as e:
             where = addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}"
             reason = os.strerror(e.errno) if e.errno else str(e)
@@ -442,9 +447,18 @@ class Migration:
         finally:
             sock.close()
             self._listener = None
-        chan = Channel(conn)
-        self._chan = chan
         guest = self.guest
+        try:
+            chan = Channel(conn) if self.tls is None else \
+                await TlsChannel.accept_tls(conn, self.tls.server_context())
+        except OSError as e:
+            log.error("incoming migration: TLS handshake failed: %s", e)
+            conn.close()
+            self.error_desc = f"TLS handshake failed: {e}"
+            self.machine.yankables.pop("migration", None)
+            self._set_in("failed")
+            return
+        self._chan = chan
         try:
             self._set_in("active")
             page_size, pages, colo, side = wire.parse_header(

@@ -78,7 +78,8 @@ class Job:
         self.io_status = "ok"
         self.txn = Txn()
         self.registry: JobRegistry | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()
+        """Set by wake(); created here so that a wake-up sent before the job waits is kept."""
         self._task: asyncio.Task[None] | None = None
         self._ready_sent = False
         self._slice_start = 0.0
@@ -201,12 +202,9 @@ class Job:
 
     def wake(self) -> None:
         """Wake the job if it waits at a pause point or sleeps."""
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     async def _wait(self) -> None:
-        if self._wake is None:
-            self._wake = asyncio.Event()
         await self._wake.wait()
         self._wake.clear()
 

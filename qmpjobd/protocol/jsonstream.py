@@ -322,8 +322,12 @@ _CONTINUE: Final = object()
 class JSONStream:
     """Incremental QMP input reader: ``feed()`` bytes, then call ``next()`` until NEED_DATA."""
 
-    def __init__(self, fast: bool = True) -> None:
+    def __init__(self, fast: bool = True, max_message: int = MAX_TOKEN_SIZE) -> None:
         self._fast_ok = fast
+        self._max = max_message
+        """QEMU's token size limit (the bytes of one message): 64 MiB unless configured."""
+        self._window = min(FAST_PATH_MAX, max_message // 2)
+        """Largest message the fast path takes whole; anything near the limit is lexed."""
         self._buf = bytearray()
         self._base = 0          # absolute offset of _buf[0]
         self._pos = 0           # absolute lexing position
@@ -344,7 +348,7 @@ class JSONStream:
 
     def reset(self) -> None:
         """Forget everything, as QEMU does when a client disconnects."""
-        self.__init__(self._fast_ok)  # type: ignore[misc]
+        self.__init__(self._fast_ok, self._max)  # type: ignore[misc]
 
     def buffered(self) -> int:
         """Bytes received but not yet turned into messages."""
@@ -394,8 +398,9 @@ class JSONStream:
             return NEED_DATA
         if buf[start] != _LCURLY:
             return NEED_DATA
-        nl = buf.find(b"\n", start, start + FAST_PATH_MAX)
-        end = nl + 1 if nl >= 0 else min(len(buf), start + FAST_PATH_MAX)
+        window = self._window
+        nl = buf.find(b"\n", start, start + window)
+        end = nl + 1 if nl >= 0 else min(len(buf), start + window)
         chunk = buf[start:end]
         try:
             value = orjson.loads(chunk)
@@ -477,8 +482,8 @@ class JSONStream:
             elif state == _STRING:
                 tok = self._tok - base
                 pos = self._run(_DQ_BODY if self._sub == 0x22 else _SQ_BODY, pos)
-                if pos - tok > MAX_TOKEN_SIZE:
-                    pos = tok + MAX_TOKEN_SIZE + 1
+                if pos - tok > self._max:
+                    pos = tok + self._max + 1
                     r = self._cut(pos)
                 elif pos >= n:
                     break
@@ -497,8 +502,8 @@ class JSONStream:
             elif state == _KEYWORD:
                 tok = self._tok - base
                 pos = self._run(_KEYWORD_RUN, pos)
-                if pos - tok > MAX_TOKEN_SIZE:
-                    pos = tok + MAX_TOKEN_SIZE + 1
+                if pos - tok > self._max:
+                    pos = tok + self._max + 1
                     r = self._cut(pos)
                 elif pos >= n:
                     break
@@ -527,8 +532,8 @@ class JSONStream:
         tok = self._tok - self._base
         sub = self._sub
         while True:
-            if pos - tok > MAX_TOKEN_SIZE:
-                pos = tok + MAX_TOKEN_SIZE + 1
+            if pos - tok > self._max:
+                pos = tok + self._max + 1
                 return self._cut(pos), pos
             if pos >= n:
                 self._sub = sub
@@ -589,7 +594,7 @@ class JSONStream:
         elif c == _RSQUARE:
             self._bracket -= 1
         length = end - start
-        if self._size + length + 1 > MAX_TOKEN_SIZE:
+        if self._size + length + 1 > self._max:
             return self._emit(ParseError("JSON token size limit exceeded"))
         if len(self._spans) // 2 + 1 > MAX_TOKEN_COUNT:
             return self._emit(ParseError("JSON token count limit exceeded"))

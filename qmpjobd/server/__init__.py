@@ -1,5 +1,5 @@
 """The asyncio server: listeners, connections, dispatch and event fan-out."""
 
-from .server import Limits, Server, StartupError
+from .server import Access, Limits, Server, StartupError
 
-__all__ = ["Limits", "Server", "StartupError"]
+__all__ = ["Access", "Limits", "Server", "StartupError"]

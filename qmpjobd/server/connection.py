@@ -34,7 +34,7 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.id = conn_id
         self.session = Session(server.capabilities, name=f"conn{conn_id}")
-        self.stream = JSONStream()
+        self.stream = JSONStream(max_message=server.limits.max_message)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.busy = False
@@ -45,16 +45,26 @@ class Connection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self.debug = log.isEnabledFor(logging.DEBUG)
         """Log traffic (``<--`` in, ``-->`` out); checked once so the hot path stays cheap."""
+        self.tracer = server.tracer
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
+        refusal = self.server.access.refuse(transport)
+        if refusal:
+            log.warning("conn%d: refused: %s", self.id, refusal)
+            self.closed = True
+            transport.abort()
+            return
         limits = self.server.limits
         transport.set_write_buffer_limits(high=limits.write_high)
         self.server.attach(self)
         transport.write(self.server.greeting)
         log.debug("conn%d: connected", self.id)
+        if self.tracer is not None:
+            self.tracer.record(self.id, "connect", transport.get_extra_info("peername"))
+            self.tracer.record_raw(self.id, "out", self.server.greeting)
 
     def data_received(self, data: bytes) -> None:
         if self.debug:
@@ -66,6 +76,8 @@ class Connection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.tracer is not None and self.transport is not None:
+            self.tracer.record(self.id, "disconnect", str(exc) if exc else "eof")
         self.closed = True
         self.inband.clear()
         self.stream.reset()
@@ -85,6 +97,8 @@ class Connection(asyncio.Protocol):
         """Queue a reply (kept in order with the replies of the current pump)."""
         if self.closed or self.transport is None:
             return
+        if self.tracer is not None:
+            self.tracer.record_raw(self.id, "out", data)
         if self._out is not None:
             self._out.append(data)
         else:
@@ -168,11 +182,20 @@ class Connection(asyncio.Protocol):
 
     def _execute(self, item: Any, dispatcher: Any, session: Session, out: list[bytes],
                  oob: bool) -> None:
+        tracer = self.tracer
         if type(item) is ParseError:
-            out.append(encode.error(item.desc))
+            reply = encode.error(item.desc)
+            if tracer is not None:
+                tracer.record(self.id, "in", {"parse-error": item.desc})
+                tracer.record_raw(self.id, "out", reply)
+            out.append(reply)
             return
+        if tracer is not None:
+            tracer.record(self.id, "in", item)
         result = dispatcher.dispatch(item, session)
         if type(result) is bytes:
+            if tracer is not None:
+                tracer.record_raw(self.id, "out", result)
             out.append(result)
             return
         if not oob:

@@ -12,7 +12,9 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +29,15 @@ from ..jobs import JobRegistry
 from ..jobs import commands as job_commands
 from ..machine import Machine
 from ..protocol import encode
+from ..protocol.jsonstream import MAX_TOKEN_SIZE
 from ..protocol.session import CAPABILITIES
 from ..schema import Registry, build_schema
 from ..schema.introspect import command_list, qmp_schema
 from ..schema.model import Enum
+from ..tls import TlsFiles
 from .connection import Connection
 from .dispatch import Dispatcher
+from .trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,35 @@ class Limits:
     """Unread output at which a client is disconnected when another event arrives."""
     write_high: int = 1 << 20
     """Unread output at which the client's own requests stop being processed."""
+    max_message: int = MAX_TOKEN_SIZE
+    """Largest request a client may send (QEMU's JSON token size limit, 64 MiB)."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may connect: the Unix socket's mode and group, peer credentials, TLS for TCP."""
+
+    socket_mode: int = 0o600
+    socket_group: int | None = None
+    allow_uids: frozenset[int] = frozenset()
+    allow_gids: frozenset[int] = frozenset()
+    """With either set, a Unix-socket peer must have one of these uids or gids (SO_PEERCRED;
+    root always may).  Empty: the socket's mode and group decide alone."""
+    tls: ssl.SSLContext | None = None
+    """TCP listeners speak TLS with this context; without it they accept loopback only."""
+
+    def refuse(self, transport: asyncio.BaseTransport) -> str:
+        """Why this new connection must be dropped ("" to accept it)."""
+        if not (self.allow_uids or self.allow_gids):
+            return ""
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            return ""
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid == 0 or uid in self.allow_uids or gid in self.allow_gids:
+            return ""
+        return f"peer pid {pid} uid {uid} gid {gid} is not allowed"
 
 
 class StartupError(Exception):
@@ -57,8 +91,11 @@ class Server:
     def __init__(self, *, version: tuple[int, int, int] = (7, 2, 0), package: str = "",
                  name: str | None = None, limits: Limits | None = None,
                  guest: Guest | None = None, incoming: str | None = None,
-                 paused: bool = False, compat: str = "7.2") -> None:
+                 paused: bool = False, compat: str = "7.2", access: Access | None = None,
+                 tracer: Tracer | None = None, colo_tls: TlsFiles | None = None) -> None:
         self.limits = limits or Limits()
+        self.access = access or Access()
+        self.tracer = tracer
         self.capabilities = CAPABILITIES
         self.schema = build_schema()
         self.registry = Registry(self.schema)
@@ -73,7 +110,7 @@ class Server:
             self.machine.status = "prelaunch"
             self.machine.autostart = False
         self.migration = Migration(self, self.machine, self.jobs, guest or Guest(),
-                                   incoming=incoming, compat=compat)
+                                   incoming=incoming, compat=compat, tls=colo_tls)
         self.heartbeat = Heartbeat(self.migration)
         colo_commands.register(self.registry, self.migration, self.heartbeat)
         colo_stubs.register(self.registry, self.block, self.migration)
@@ -127,13 +164,17 @@ class Server:
     # -- listeners -----------------------------------------------------------------------------
 
     async def listen_unix(self, path: str) -> None:
-        """Listen on a Unix socket created with mode 0600; replace it only if it is stale."""
+        """Listen on a Unix socket created with the configured mode (0600 by default) and
+        group; replace an existing file only if it is a stale socket."""
         self.migration.start()
         _clear_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             sock.bind(path)
+            if self.access.socket_group is not None:
+                os.chown(path, -1, self.access.socket_group)
+            os.chmod(path, self.access.socket_mode)
         except OSError as e:
             sock.close()
             raise StartupError(f"cannot bind {path}: {e.strerror}") from e
@@ -145,15 +186,33 @@ class Server:
         self._servers.append(srv)
         log.info("listening on unix:%s", path)
 
-    async def listen_tcp(self, host: str, port: int, allow_remote: bool = False) -> None:
-        """Listen on TCP; only loopback addresses unless ``allow_remote``."""
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a listening socket handed over by systemd (socket activation)."""
         self.migration.start()
-        if not allow_remote and not _is_loopback(host):
-            raise StartupError(f"refusing to listen on non-loopback address {host} "
-                               "(QMP has no authentication; pass --tcp-allow-remote to insist)")
+        loop = asyncio.get_running_loop()
+        if sock.family == socket.AF_UNIX:
+            srv = await loop.create_unix_server(self._new_connection, sock=sock, backlog=1024)
+        else:
+            host = sock.getsockname()[0]
+            if self.access.tls is None and not _is_loopback(host):
+                raise StartupError(f"refusing the activated socket on non-loopback {host} "
+                                   "without TLS (configure tls-cert and tls-key)")
+            srv = await loop.create_server(self._new_connection, sock=sock, backlog=1024,
+                                           ssl=self.access.tls)
+        self._servers.append(srv)
+        log.info("serving activated socket %s", sock.getsockname())
+
+    async def listen_tcp(self, host: str, port: int) -> None:
+        """Listen on TCP: with TLS configured on any address, else on loopback only (QMP
+        itself has no authentication)."""
+        self.migration.start()
+        if self.access.tls is None and not _is_loopback(host):
+            raise StartupError(f"refusing to listen on non-loopback address {host} without "
+                               "TLS (QMP has no authentication; configure tls-cert and tls-key)")
         loop = asyncio.get_running_loop()
         try:
-            srv = await loop.create_server(self._new_connection, host, port, backlog=1024)
+            srv = await loop.create_server(self._new_connection, host, port, backlog=1024,
+                                           ssl=self.access.tls)
         except OSError as e:
             raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from e
         self._servers.append(srv)
@@ -229,6 +288,8 @@ class Server:
         self._owned_paths.clear()
         self._end_replication()
         self.block.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,60 @@
+"""``--trace FILE``: every message of every connection as JSON lines, written by a thread so
+that tracing never blocks the event loop."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import IO, Any
+
+import orjson
+
+_STOP = object()
+
+
+class Tracer:
+    """Appends ``{"time", "connection", "direction", "message"}`` lines to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write, name="qmpjobd-trace", daemon=True)
+        self._thread.start()
+
+    def record(self, conn: int, direction: str, message: Any) -> None:
+        """One parsed message (``in``) or ``connect``/``disconnect`` note."""
+        self._queue.put((time.time(), conn, direction, message, None))
+
+    def record_raw(self, conn: int, direction: str, data: bytes) -> None:
+        """Encoded output (one or more CRLF-terminated messages)."""
+        self._queue.put((time.time(), conn, direction, None, data))
+
+    def _write(self) -> None:
+        f = self._file
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            now, conn, direction, message, raw = item
+            head = b'{"time":%.6f,"connection":%d,"direction":"%s","message":' % (
+                now, conn, direction.encode())
+            if raw is None:
+                try:
+                    body = orjson.dumps(message)
+                except TypeError:
+                    body = orjson.dumps(repr(message))
+                f.write(head + body + b"}\n")
+            else:
+                for line in raw.split(b"\r\n"):
+                    if line:
+                        f.write(head + line + b"}\n")
+            if self._queue.empty():
+                f.flush()
+
+    def close(self) -> None:
+        """Write what is queued and close the file."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout=5)
+        self._file.close()

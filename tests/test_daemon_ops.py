@@ -1,0 +1,287 @@
+"""Running qmpjobd like a real daemon (issue 5): the TOML config, systemd socket activation
+and sd_notify, socket permissions, peer credentials, TLS, message limits and --trace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from colotest import EvClient, free_port, wait_checkpoints
+from qmptest import Client, Daemon, start_qmpjobd
+
+QMPJOBD = [sys.executable, "-m", "qmpjobd"]
+
+
+def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*QMPJOBD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+def test_config_file_sets_options_and_flags_override(tmp_path: Any) -> None:
+    cfg = tmp_path / "q.toml"
+    cfg.write_text('name = "from-file"\nqemu-version = "8.0.1"\nworkload-rate = 0\n'
+                   f'socket = "{tmp_path}/ignored.sock"\n')
+    d = start_qmpjobd(str(tmp_path), "--config", str(cfg), "--qemu-version", "7.2.5")
+    with Client(d.path) as c:
+        c.negotiate()
+        assert c.cmd("query-name") == {"return": {"name": "from-file"}}
+        assert c.cmd("query-version")["return"]["qemu"] == {"micro": 5, "minor": 2,
+                                                            "major": 7}
+    assert not os.path.exists(f"{tmp_path}/ignored.sock")  # --socket on the command line won
+
+
+@pytest.mark.parametrize("text,message", [
+    ("bogus = 1\n", "unknown key 'bogus'"),
+    ('log-level = "loud"\n', "key 'log-level': 'loud' is not one of debug, info, warning, error"),
+    ("paused = 1\n", "key 'paused' expects true or false"),
+    ('tcp = "127.0.0.1:1"\n', "key 'tcp' expects a list"),
+    ('guest-ram = "3K"\n', "key 'guest-ram': expected a positive multiple of 4K"),
+    ("name = [\n", "not valid TOML"),
+])
+def test_config_errors_are_clear(tmp_path: Any, text: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    out = run("--config", str(cfg), "--print-config")
+    assert out.returncode == 2
+    assert message in out.stderr and str(cfg) in out.stderr, out.stderr
+
+
+def test_print_config_round_trips(tmp_path: Any) -> None:
+    first = run("--name", "n1", "--tcp", "127.0.0.1:4444", "--socket-mode", "0660", "-S",
+                "--guest-ram", "8M", "--print-config")
+    assert first.returncode == 0, first.stderr
+    assert 'name = "n1"' in first.stdout and 'tcp = ["127.0.0.1:4444"]' in first.stdout
+    assert 'socket-mode = "0660"' in first.stdout and "paused = true" in first.stdout
+    cfg = tmp_path / "eff.toml"
+    cfg.write_text(first.stdout)
+    again = run("--config", str(cfg), "--print-config")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+
+
+# -- systemd ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed")
+def test_socket_activation(tmp_path: Any) -> None:
+    path = f"{tmp_path}/act.sock"
+    d = Daemon(["systemd-socket-activate", "-l", path, *QMPJOBD, "--log-level", "warning"],
+               path)
+    with Client(path) as c:  # the first connection makes systemd-socket-activate exec us
+        assert "QMP" in c.greeting
+        c.negotiate()
+        assert c.cmd("query-status")["return"]["status"] == "running"
+    assert d.stop() == 0
+
+
+def test_sd_notify_ready_and_stopping(tmp_path: Any) -> None:
+    note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    note.bind(f"{tmp_path}/notify")
+    note.settimeout(10)
+    path = f"{tmp_path}/n.sock"
+    env = {**os.environ, "NOTIFY_SOCKET": f"{tmp_path}/notify"}
+    proc = subprocess.Popen([*QMPJOBD, "--socket", path, "--log-level", "warning"], env=env,
+                            stderr=subprocess.PIPE)
+    try:
+        assert note.recv(100) == b"READY=1"
+        assert os.path.exists(path)  # ready means listening
+        proc.terminate()
+        assert note.recv(100) == b"STOPPING=1"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_systemd_unit_files_use_real_options() -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    service = open(os.path.join(root, "examples", "systemd", "qmpjobd.service")).read()
+    sock = open(os.path.join(root, "examples", "systemd", "qmpjobd.socket")).read()
+    assert "Type=notify" in service and "ListenStream=/run/qmpjobd/qmpjobd.sock" in sock
+    exec_line = next(x for x in service.splitlines() if x.startswith("ExecStart="))
+    flags = [w for w in exec_line.split() if w.startswith("--")]
+    help_text = run("--help").stdout
+    assert flags and all(f.split("=")[0] in help_text for f in flags), flags
+
+
+# -- permissions and peer credentials ---------------------------------------------------------
+
+def test_socket_mode_and_group(tmp_path: Any) -> None:
+    d = start_qmpjobd(str(tmp_path), "--socket-mode", "0660", "--socket-group",
+                      str(os.getgid()))
+    st = os.stat(d.path)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()
+
+
+def _connect_as(path: str, uid: int) -> bytes:
+    """Connect from a child process running as ``uid``; returns the first bytes it got."""
+    code = ("import os,socket,sys; os.setgid(65534); os.setuid(int(sys.argv[2]));"
+            "s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]);"
+            "sys.stdout.buffer.write(s.recv(100))")
+    out = subprocess.run([sys.executable, "-c", code, path, str(uid)], capture_output=True,
+                         timeout=20)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def open_dir() -> Iterator[str]:
+    """A directory other users can reach (pytest's tmp_path is private to root)."""
+    d = tempfile.mkdtemp(prefix="qmpjobd-peer-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+def test_peer_credentials_refuse_other_users(open_dir: str) -> None:
+    tmp_path = open_dir
+    d = start_qmpjobd(str(tmp_path), "--socket-mode", "0666", "--allow-uid", "12345")
+    assert _connect_as(d.path, 65534) == b""  # closed at once, no greeting
+    with Client(d.path) as c:  # root always may
+        assert "QMP" in c.greeting
+    d2 = start_qmpjobd(str(tmp_path), "--socket-mode", "0666", "--allow-uid", "65534",
+                       name="ok.sock")
+    assert _connect_as(d2.path, 65534).startswith(b'{"QMP"')
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("pki")
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+         "ca.pem", "-days", "2", "-subj", "/CN=qmpjobd test CA")
+    for name in ("server", "client"):
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+             f"{name}.csr", "-subj", f"/CN={name}")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+    return {k: str(d / k) for k in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                    "client.key")}
+
+
+def test_non_loopback_tcp_needs_tls(tmp_path: Any) -> None:
+    out = run("--socket", f"{tmp_path}/a.sock", "--tcp", "0.0.0.0:0")
+    assert out.returncode == 1
+    assert "refusing to listen on non-loopback address 0.0.0.0 without TLS" in out.stderr
+
+
+def _tls_client(port: int, ctx: ssl.SSLContext) -> bytes:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="server") as s:
+        return s.recv(200)
+
+
+def test_tls_listener_with_client_certificates(tmp_path: Any, pki: dict[str, str]) -> None:
+    port = free_port()
+    start_qmpjobd(str(tmp_path), "--tcp", f"0.0.0.0:{port}", "--tls-cert", pki["server.pem"],
+                  "--tls-key", pki["server.key"], "--tls-ca", pki["ca.pem"])
+    ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+    ctx.check_hostname = False
+    try:  # without a client certificate: the handshake or the first read fails
+        greeting = _tls_client(port, ctx)
+    except (ssl.SSLError, OSError):
+        greeting = b""
+    assert greeting == b""
+    ctx.load_cert_chain(pki["client.pem"], pki["client.key"])
+    assert _tls_client(port, ctx).startswith(b'{"QMP"')
+    plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+    plain.sendall(b'{"execute":"qmp_capabilities"}\r\n')
+    assert not plain.recv(100).startswith(b'{"QMP"')  # no QMP without TLS
+
+
+def test_colo_over_tls(tmp_path: Any, pki: dict[str, str]) -> None:
+    tls = ["--colo-tls", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+           "--tls-ca", pki["ca.pem"]]
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    start_qmpjobd(str(tmp_path), "--incoming", uri, "--guest-ram", "4M", *tls, name="s.sock")
+    start_qmpjobd(str(tmp_path), "--guest-ram", "4M", *tls, name="p.sock")
+    s, p = EvClient(f"{tmp_path}/s.sock"), EvClient(f"{tmp_path}/p.sock")
+    p.ok("migrate-set-capabilities", {"capabilities": [{"capability": "x-colo",
+                                                        "state": True}]})
+    p.ok("migrate-set-parameters", {"x-checkpoint-delay": 100})
+    p.ok("migrate", {"uri": uri})
+    wait_checkpoints(s, 3)
+    ps, ss = p.ok("x-query-guest-state"), s.ok("x-query-guest-state")
+    common = {h["checkpoint"]: h["digest"] for h in ps["history"]}
+    assert any(common.get(h["checkpoint"]) == h["digest"] for h in ss["history"])
+
+
+def test_colo_tls_refuses_a_plain_peer(tmp_path: Any, pki: dict[str, str]) -> None:
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    start_qmpjobd(str(tmp_path), "--incoming", uri, "--guest-ram", "4M", "--colo-tls",
+                  "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                  "--tls-ca", pki["ca.pem"], name="s.sock")
+    start_qmpjobd(str(tmp_path), "--guest-ram", "4M", name="p.sock")
+    s, p = EvClient(f"{tmp_path}/s.sock"), EvClient(f"{tmp_path}/p.sock")
+    for c in (s, p):
+        c.ok("migrate-set-capabilities", {"capabilities": [{"capability": "events",
+                                                            "state": True}]})
+    p.ok("migrate", {"uri": uri})
+    s.wait_event("MIGRATION", {"status": "failed"})
+    assert s.ok("query-migrate")["status"] == "failed"
+    assert s.ok("query-colo-status")["mode"] == "none"
+
+
+def test_colo_tls_needs_all_three_files(tmp_path: Any) -> None:
+    out = run("--socket", f"{tmp_path}/a.sock", "--colo-tls")
+    assert out.returncode == 1 and "--colo-tls needs --tls-cert, --tls-key and --tls-ca" \
+        in out.stderr
+
+
+# -- limits and tracing --------------------------------------------------------------------------
+
+def test_max_message_is_configurable(tmp_path: Any) -> None:
+    d = start_qmpjobd(str(tmp_path), "--max-message", "1000")
+    with Client(d.path) as c:
+        c.negotiate()
+        big = b'{"execute":"query-name","id":"' + b"x" * 2000 + b'"}\n'
+        msgs = c.exchange(big)
+        assert msgs[0] == {"error": {"class": "GenericError",
+                                     "desc": "JSON token size limit exceeded"}}
+        assert all(m["error"]["class"] == "GenericError" for m in msgs)
+        assert c.cmd("query-status")["return"]["status"] == "running"
+
+
+def test_trace_records_every_message(tmp_path: Any) -> None:
+    trace = f"{tmp_path}/trace.jsonl"
+    d = start_qmpjobd(str(tmp_path), "--trace", trace)
+    with Client(d.path) as c:
+        c.negotiate()
+        c.cmd("stop")
+        c.send(b"{bad json}\n")
+        c.recv_reply()
+    assert d.stop() == 0
+    lines = [orjson.loads(x) for x in open(trace, "rb").read().splitlines()]
+    assert all(set(x) == {"time", "connection", "direction", "message"} for x in lines)
+    ours = next(x["connection"] for x in lines if x["message"] == {"execute": "stop"})
+    flow = [(x["direction"], x["message"]) for x in lines if x["connection"] == ours]
+    assert flow[0][0] == "connect"
+    assert flow[1][0] == "out" and "QMP" in flow[1][1]
+    assert ("in", {"execute": "qmp_capabilities"}) in flow
+    assert ("in", {"execute": "stop"}) in flow
+    assert ("out", {"return": {}}) in flow
+    assert any(d == "out" and isinstance(m, dict) and m.get("event") == "STOP"
+               for d, m in flow)
+    assert any(d == "in" and isinstance(m, dict) and "parse-error" in m for d, m in flow)
+    assert flow[-1][0] == "disconnect"
+

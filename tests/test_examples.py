@@ -1,0 +1,63 @@
+"""Every example in examples/ runs against a real daemon and does what its header says
+(the COLO drill is in test_colo.py, the plug-in in test_jobs.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import orjson
+import pytest
+from qmptest import Daemon
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_socat_session(daemon: Daemon) -> None:
+    out = run("sh", os.path.join(EXAMPLES, "socat-session.sh"), daemon.path)
+    assert out.returncode == 0, out.stderr
+    msgs = [orjson.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert "QMP" in msgs[0]
+    replies = {m["id"]: m for m in msgs if "id" in m}
+    assert replies[1]["return"]["status"] == "running"
+    events = [m["event"] for m in msgs if "event" in m]
+    assert events == ["STOP", "RESUME"]
+    assert msgs.index(next(m for m in msgs if m.get("event") == "STOP")) < \
+        msgs.index(replies[2])
+
+
+@pytest.mark.skipif(shutil.which("qmp-shell") is None, reason="qmp-shell is not installed")
+def test_qmp_shell_session(daemon: Daemon) -> None:
+    out = run("sh", os.path.join(EXAMPLES, "qmp-shell-session.sh"), daemon.path)
+    assert out.returncode == 0, out.stderr
+    assert "Connected to QEMU 7.2.0" in out.stdout
+    assert '"status": "paused"' in out.stdout and '"status": "running"' in out.stdout
+    assert '{"return": []}' in out.stdout  # query-jobs
+
+
+def test_qemu_qmp_client(daemon: Daemon) -> None:
+    pytest.importorskip("qemu.qmp", reason="the example uses qemu.qmp")
+    out = run(sys.executable, os.path.join(EXAMPLES, "client.py"), daemon.path)
+    assert out.returncode == 0, out.stderr
+    assert "event: STOP" in out.stdout and "event: RESUME" in out.stdout
+    assert "'status': 'paused'" in out.stdout
+
+
+def test_backup_follow(daemon: Daemon) -> None:
+    pytest.importorskip("qemu.qmp", reason="the example uses qemu.qmp")
+    out = run(sys.executable, os.path.join(EXAMPLES, "backup_follow.py"), daemon.path, "8")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("bk: created")
+    assert any(x.startswith("bk: pending") for x in lines)
+    assert "completed: {'device': 'bk', 'len': 8388608, 'offset': 8388608" in out.stdout
+    assert lines[-1] == "target equals source"
