@@ -63,7 +63,11 @@ class Machine:
         return {"status": self.status, "singlestep": False, "running": self.running}
 
     def stop(self, args: dict[str, Any], session: Session) -> Any:
-        """stop: pause a running guest (no event when already stopped)."""
+        """stop: pause a running guest (no event when already stopped); while an incoming
+        migration is awaited it only cancels the resume at its end, as QEMU's qmp_stop."""
+        if self.status == "inmigrate":
+            self.autostart = False
+            return
         if self.running:
             self.set_status("paused")
 

@@ -17,6 +17,7 @@ class EvClient(Client):
 
     def __init__(self, path: str, *caps: str) -> None:
         super().__init__(path)
+        self.path = path
         self.events: list[dict[str, Any]] = []
         self.negotiate(*caps)
 
@@ -64,6 +65,14 @@ class EvClient(Client):
     def names(self, since: int = 0) -> list[Any]:
         """Events from index ``since`` as (name, data) pairs (data None when absent)."""
         return [(e["event"], e.get("data")) for e in self.events[since:]]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """query-jobs as a client that enabled x-job-events sees it (COLO jobs included)."""
+        other = EvClient(self.path, "x-job-events")
+        try:
+            return other.ok("query-jobs")  # type: ignore[no-any-return]
+        finally:
+            other.close()
 
     def checkpoints(self) -> int:
         return int(self.ok("x-query-colo-metrics")["checkpoints"])

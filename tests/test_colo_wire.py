@@ -64,7 +64,7 @@ def test_primary_bytes_against_a_scripted_secondary(tmp_path: object) -> None:
     assert sum(c for _, c, _ in records) >= PAGES  # every page, zero or not, then the dirty
     assert len(read_blob(conn)) == 4096
     p.wait_event("MIGRATION", {"status": "colo"})
-    assert p.ok("query-status")["status"] == "colo"  # stopped until checkpoint-ready
+    assert p.ok("query-status")["status"] == "finish-migrate"  # stopped until ready
     conn.sendall(wire.message(wire.CHECKPOINT_READY))
     p.wait_event("RESUME")
     for _ in range(2):
@@ -115,7 +115,7 @@ class FakePrimary:
 
     def digest(self, seq: int) -> str:
         self.guest.hashes.mark_runs([(0, PAGES)])
-        self.guest.hashes.refresh()
+        self.guest.hashes.refresh()()
         return self.guest.hashes.root(self.guest.device_state(seq))
 
 
@@ -168,7 +168,7 @@ def test_partial_checkpoint_is_never_applied(fake_pair: tuple[FakePrimary, EvCli
     assert after["checkpoint"] == before["checkpoint"] == 0
     assert after["digest"] == before["digest"]
     assert after["runstate"] == "colo"
-    job = s.ok("query-jobs")[0]
+    job = s.jobs()[0]
     assert job["status"] == "concluded"
     if cut == "mid-blob":
         size = len(blob) - 12
@@ -182,7 +182,7 @@ def test_bad_index_ends_replication(fake_pair: tuple[FakePrimary, EvClient], ind
     fp, s = fake_pair
     fp.conn.sendall(wire.message(index))
     s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"})
-    assert text in s.ok("query-jobs")[0]["error"]
+    assert text in s.jobs()[0]["error"]
     assert s.ok("query-colo-status") == {"mode": "secondary", "last-mode": "none",
                                          "reason": "none"}
     assert s.ok("query-migrate")["status"] == "colo"

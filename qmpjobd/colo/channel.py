@@ -30,8 +30,8 @@ class Address:
         """As a SocketAddress in query-migrate's ``socket-address``."""
         if self.kind == "unix":
             return {"type": "unix", "path": self.path}
-        return {"port": str(self.port), "ipv6": ":" in self.host, "host": self.host,
-                "type": "inet"}
+        family = "ipv6" if ":" in self.host else "ipv4"
+        return {"port": str(self.port), family: True, "host": self.host, "type": "inet"}
 
 
 def parse_uri(uri: str) -> Address | None:

@@ -27,9 +27,15 @@ def register(registry: Registry, mig: Migration, heartbeat: Heartbeat) -> None:
     on("migrate-set-parameters", mig.set_parameters)
     on("query-migrate-parameters", lambda a: dict(mig.params))
     on("query-migrate", lambda a: mig.query_migrate())
-    on("migrate", lambda a: mig.migrate(a["uri"], a.get("blk", False)))
+    on("migrate", lambda a: mig.migrate(a["uri"], a.get("blk", False), a.get("inc", False)))
     on("migrate-incoming", lambda a: mig.migrate_incoming(a["uri"]))
     on("migrate_cancel", lambda a: mig.migrate_cancel())
+
+    def migrate_continue(args: dict[str, Any]) -> None:
+        # qmpjobd never pauses before switchover, so the state never matches (as QEMU 7.2
+        # answers when it is not paused there)
+        raise QMPError(f"Migration not in expected state: {mig.out_status}")
+    on("migrate-continue", migrate_continue)
     on("x-colo-lost-heartbeat", lambda a: mig.lost_heartbeat())
     on("query-colo-status", lambda a: mig.query_colo_status())
     on("x-daemon-colo-checkpoint", lambda a: mig.kick())

@@ -14,15 +14,17 @@ import ctypes
 import hashlib
 import mmap
 import struct
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from .wire import runs
 
 PAGE_SIZE = 4096
+MAX_STEP = 20000
+"""Most pages the workload writes in one tick (about 20 ms of Python): 2 M pages/s at 10 ms."""
 CHUNK_PAGES = 64
 PATTERNS = ("random", "sweep", "hot-set")
 _STAMP = struct.Struct(">QQ")
@@ -90,7 +92,8 @@ class ChunkHashes:
         if chunks and pages % CHUNK_PAGES:
             self.chunks[-1] = self._chunk_hash(chunks - 1)
         self.stale: set[int] = set()
-        """Pages whose hash is out of date."""
+        """Pages whose hash is out of date (only changed on the event loop thread)."""
+        self._lock = threading.Lock()
 
     def _chunk_hash(self, c: int) -> bytes:
         return hashlib.sha256(b"".join(self.pages[c * CHUNK_PAGES:(c + 1) * CHUNK_PAGES])).digest()
@@ -100,27 +103,36 @@ class ChunkHashes:
         for first, count in runs:
             self.stale.update(range(first, first + count))
 
-    def refresh(self) -> None:
-        """Hash the stale pages (call in a worker thread while nobody writes the buffer)."""
-        self._rehash([(p, self.buf.view[p * self.page_size:(p + 1) * self.page_size])
-                      for p in self.stale])
-
-    def refresh_copy(self) -> Callable[[], None]:
-        """Copy the stale pages now and return a function that hashes the copies (for a
-        buffer that keeps changing while the hashing runs in a thread)."""
+    def refresh(self) -> Callable[[], None]:
+        """Take the stale pages now (on the event loop) and return the work that hashes them,
+        to run in a worker thread.  The buffer should not change meanwhile (the guest is
+        stopped); if it does, the digest is of a moving state, but nothing breaks."""
         ps, view = self.page_size, self.buf.view
-        copies = [(p, bytes(view[p * ps:(p + 1) * ps])) for p in self.stale]
+        items = [(p, view[p * ps:(p + 1) * ps]) for p in self.stale]
         self.stale = set()
+        return lambda: self._rehash(items)
+
+    def refresh_copy(self, limit: int = 1 << 30) -> Callable[[], None]:
+        """Like :meth:`refresh` but copies (at most ``limit`` of) the stale pages first, for a
+        buffer that keeps changing while the hashing runs; the rest stay stale."""
+        ps, view = self.page_size, self.buf.view
+        take: set[int] = set()
+        for p in self.stale:
+            if len(take) >= limit:
+                break
+            take.add(p)
+        self.stale -= take
+        copies = [(p, bytes(view[p * ps:(p + 1) * ps])) for p in take]
         return lambda: self._rehash(copies)
 
     def _rehash(self, items: Sequence[tuple[int, bytes | memoryview]]) -> None:
         sha = hashlib.sha256
-        pages = self.pages
-        for p, data in items:
-            pages[p] = sha(data).digest()
-        for c in {p >> self.shift for p, _ in items}:
-            self.chunks[c] = self._chunk_hash(c)
-        self.stale.difference_update(p for p, _ in items)
+        with self._lock:  # a query and a checkpoint may hash at the same time
+            pages = self.pages
+            for p, data in items:
+                pages[p] = sha(data).digest()
+            for c in {p >> self.shift for p, _ in items}:
+                self.chunks[c] = self._chunk_hash(c)
 
     def root(self, device: bytes) -> str:
         """The digest of the buffer (as of the last refresh) and ``device``."""
@@ -194,8 +206,9 @@ class Guest:
         self.prng, self.cursor, self.vclock = prng, cursor, vclock
 
     def advance(self, seconds: float) -> None:
-        """Run the workload for ``seconds`` of guest time."""
-        self._budget += self.workload.rate * seconds
+        """Run the workload for ``seconds`` of guest time, at most MAX_STEP pages at once: a
+        rate the host cannot keep up with is cut, never allowed to stall the event loop."""
+        self._budget = min(self._budget + self.workload.rate * min(seconds, 0.1), MAX_STEP)
         n = int(self._budget)
         if n:
             self._budget -= n
@@ -211,25 +224,39 @@ class Guest:
         pad = self.device_size - len(blob) - 1
         return blob + b"\n" + b"\0" * pad if pad > 0 else blob + b"\n"
 
-    def load_device_state(self, blob: bytes) -> int:
-        """Take over a device blob; returns its checkpoint number."""
-        state: dict[str, Any] = orjson.loads(blob.split(b"\n", 1)[0])
-        self.prng = int(state["prng"])
-        self.cursor = int(state["cursor"])
-        self.vclock = int(state["vclock"])
-        return int(state["checkpoint"])
+    def parse_device_state(self, blob: bytes) -> dict[str, int]:
+        """Check a received device blob before anything is applied; ValueError says why."""
+        try:
+            state = orjson.loads(blob.split(b"\n", 1)[0])
+        except orjson.JSONDecodeError as e:
+            raise ValueError(f"device state is not valid: {e}") from None
+        if not isinstance(state, dict):
+            raise ValueError("device state is not an object")
+        out = {}
+        for key in ("prng", "cursor", "vclock", "checkpoint"):
+            v = state.get(key)
+            if type(v) is not int or not 0 <= v <= _MASK64:
+                raise ValueError(f"device state: '{key}' must be an integer in 0..2^64-1")
+            out[key] = v
+        if out["cursor"] >= self.pages:
+            raise ValueError("device state: 'cursor' is beyond guest RAM")
+        return out
+
+    def load_device_state(self, state: dict[str, int]) -> int:
+        """Take over a checked device state; returns its checkpoint number."""
+        self.prng, self.cursor, self.vclock = state["prng"], state["cursor"], state["vclock"]
+        return state["checkpoint"]
 
     # -- digests ---------------------------------------------------------------------------
 
     async def digest_now(self, running: bool) -> str:
         """Digest of the live RAM and the current device state, hashed off the event loop."""
         blob = self.device_state(self.checkpoint)
-        if not self.hashes.stale:
-            pass
-        elif running:
-            await asyncio.to_thread(self.hashes.refresh_copy())
-        else:
-            await asyncio.to_thread(self.hashes.refresh)
+        while self.hashes.stale:
+            # a running guest: copy a bounded batch at a time, so other clients never wait
+            # long; it is a digest of a moving state anyway
+            work = self.hashes.refresh_copy(4096) if running else self.hashes.refresh()
+            await asyncio.to_thread(work)
         return self.hashes.root(blob)
 
     def nonzero_runs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

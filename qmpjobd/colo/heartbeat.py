@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -26,10 +27,10 @@ log = logging.getLogger(__name__)
 _MAGIC = b"QJHB1"
 
 
-def _addr(text: str) -> tuple[str, int]:
+def _addr(name: str, text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise QMPError(f"Parameter 'peer' expects HOST:PORT, got '{text}'")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise QMPError(f"Parameter '{name}' expects HOST:PORT with a port in 1..65535")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -59,6 +60,7 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._witness_fd: int | None = None
         self._deciding = False
+        self._decision: asyncio.Task[None] | None = None
         mig.on_colo_error.append(self._link_failed)
 
     def info(self) -> dict[str, Any]:
@@ -74,19 +76,33 @@ class Heartbeat:
         return self.last_seen is not None and time.monotonic() - self.last_seen < self.timeout
 
     def configure(self, args: dict[str, Any]) -> Any:
-        """x-daemon-heartbeat: (re)start with the given settings."""
-        self.interval = args.get("interval-ms", int(self.interval * 1000)) / 1000.0
-        self.timeout = args.get("timeout-ms", int(self.timeout * 1000)) / 1000.0
+        """x-daemon-heartbeat: check everything, then (re)start with the new settings."""
+        interval = args.get("interval-ms", int(self.interval * 1000)) / 1000.0
+        timeout = args.get("timeout-ms", int(self.timeout * 1000)) / 1000.0
+        if interval < 0.001:
+            raise QMPError("Parameter 'interval-ms' must be at least 1")
+        if timeout <= interval:
+            raise QMPError("Parameter 'timeout-ms' must be greater than 'interval-ms'")
+        listen = _addr("listen", args["listen"]) if "listen" in args else None
+        peer = _addr("peer", args["peer"]) if "peer" in args else self.peer
+        return self._apply(args, interval, timeout, listen, peer)
+
+    async def _apply(self, args: dict[str, Any], interval: float, timeout: float,
+                     listen: tuple[str, int] | None, peer: tuple[str, int] | None) -> None:
+        loop = asyncio.get_running_loop()
+        if peer is not None:  # resolve once, here, rather than on every datagram
+            try:
+                infos = await loop.getaddrinfo(peer[0], peer[1], type=socket.SOCK_DGRAM)
+            except OSError as e:
+                raise QMPError(f"cannot resolve heartbeat peer {peer[0]}: {e.strerror}") \
+                    from None
+            resolved = infos[0][4]
+            peer = (str(resolved[0]), int(resolved[1]))
+        self.interval, self.timeout, self.peer = interval, timeout, peer
         self.auto_failover = args.get("auto-failover", self.auto_failover)
         self.witness = args.get("witness", self.witness)
-        if self.interval <= 0 or self.timeout <= self.interval:
-            raise QMPError("Parameter 'timeout-ms' must be greater than 'interval-ms'")
-        listen = _addr(args["listen"]) if "listen" in args else None
-        if "peer" in args:
-            self.peer = _addr(args["peer"])
-        if listen is None:
-            return None
-        return self._start(listen)
+        if listen is not None:
+            await self._start(listen)
 
     async def _start(self, listen: tuple[str, int]) -> None:
         self.close()
@@ -104,9 +120,11 @@ class Heartbeat:
 
     async def _beat(self) -> None:
         while True:
-            if self._transport is not None and self.peer is not None:
-                with contextlib.suppress(OSError):
+            try:
+                if self._transport is not None and self.peer is not None:
                     self._transport.sendto(_MAGIC, self.peer)
+            except (OSError, ValueError, OverflowError) as e:
+                log.warning("heartbeat to %s failed: %s", self.peer, e)
             if (self.mig.mode != "none" and self.last_seen is not None
                     and not self.peer_alive()):
                 self._start_decision("heartbeat lost")
@@ -124,7 +142,7 @@ class Heartbeat:
         if rep is None or self.mig.mode == "none" or rep.failover != "none":
             return
         self._deciding = True
-        asyncio.get_running_loop().create_task(self._decide(why))
+        self._decision = asyncio.get_running_loop().create_task(self._decide(why))
 
     async def _decide(self, why: str) -> None:
         try:
@@ -165,6 +183,10 @@ class Heartbeat:
 
     def close(self) -> None:
         """Stop sending and listening (the witness stays held until the process ends)."""
+        if self._decision is not None:
+            self._decision.cancel()
+            self._decision = None
+            self._deciding = False
         if self._task is not None:
             self._task.cancel()
             self._task = None

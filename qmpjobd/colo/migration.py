@@ -118,9 +118,17 @@ class Migration:
         if self.incoming not in (None, "defer"):
             self.machine.set_status("inmigrate")
             assert self.incoming is not None
-            self._start_incoming(self.incoming)
+            self._spawn(self._listen_at_start(self._start_incoming(self.incoming)))
         elif self.incoming == "defer":
             self.machine.set_status("inmigrate")
+
+    async def _listen_at_start(self, bind: Any) -> None:
+        try:
+            await bind
+        except QMPError as e:
+            log.error("--incoming %s: %s", self.incoming, e.desc)
+            self.in_status = "failed"
+            self.error_desc = e.desc
 
     def close(self) -> None:
         """The daemon stops: close links quietly (no COLO events), stop the tasks."""
@@ -179,7 +187,7 @@ class Migration:
             reason = "request"
         else:
             reason = "processing" if self.out_status == "colo" else "error"
-        return {"mode": self.mode, "last-mode": self.last_mode, "reason": reason}
+        return {"last-mode": self.last_mode, "mode": self.mode, "reason": reason}
 
     def query_migrate(self) -> dict[str, Any]:
         """query-migrate: the outgoing side if there is one, else the incoming side."""
@@ -255,14 +263,14 @@ class Migration:
             raise QMPError("The feature 'colo' is not enabled")
         self.rep.kick()
 
-    def migrate(self, uri: str, blk: bool) -> None:
+    def migrate(self, uri: str, blk: bool, inc: bool = False) -> None:
         """migrate: start the outgoing side (the connection happens after the reply)."""
         if self.out_status in _RUNNING_STATUSES or self.out_status == "colo" \
                 or self.in_status in _RUNNING_STATUSES or self.in_status == "colo":
             raise QMPError(IN_PROGRESS)
         if self.machine.status == "inmigrate":
             raise QMPError("Guest is waiting for an incoming migration")
-        if blk and self.caps["x-colo"]:
+        if (blk or inc) and self.caps["x-colo"]:
             raise QMPError("No disk migration is required in COLO mode")
         if self.machine.status == "postmigrate":
             raise QMPError("Can't migrate the vm that was paused due to previous migration")
@@ -271,7 +279,7 @@ class Migration:
             self.out_status = "failed"  # 7.2 leaves this behind, without an event
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
         old = self.jobs.find(COLO_JOB_ID)
-        if old is not None and old.status == "concluded":
+        if isinstance(old, ColoJob) and old.status == "concluded":
             self.jobs.dismiss_now(old)
         self.error_desc = None
         self.dirty_sync_count = 0
@@ -279,7 +287,7 @@ class Migration:
         self._set_out("setup")
         self._spawn(self._outgoing(addr, self.caps["x-colo"]))
 
-    def migrate_incoming(self, uri: str) -> None:
+    def migrate_incoming(self, uri: str) -> Any:
         """migrate-incoming: only with ``--incoming defer``, and only once."""
         if self.incoming != "defer":
             raise QMPError("'-incoming' was not specified on the command line")
@@ -287,7 +295,7 @@ class Migration:
             raise QMPError("The incoming migration has already been started")
         if parse_uri(uri) is None:
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
-        self._start_incoming(uri)
+        return self._start_incoming(uri)
 
     def migrate_cancel(self) -> None:
         """migrate_cancel: stop a starting migration; during COLO it breaks replication
@@ -334,7 +342,8 @@ class Migration:
                 await TlsChannel.connect_tls(addr, self.tls.client_context())
         except OSError as e:
             where = addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}"
-            reason = os.strerror(e.errno) if e.errno else str(e)
+            # errno's text ("Connection refused"); a resolver error has a negative errno
+            reason = os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)
             self.error_desc = f"Failed to connect to '{where}': {reason}"
             log.error("migration: %s", self.error_desc)
             self.machine.yankables.pop("migration", None)
@@ -342,6 +351,7 @@ class Migration:
             return
         self._chan = chan
         was_running = self.machine.running
+        rep: Replication | None = None
         try:
             if self.out_status == "cancelling":
                 raise ConnectionAbortedError("cancelled")
@@ -358,9 +368,10 @@ class Migration:
             for first, count in data:
                 await chan.send([wire.record(first, count, wire.REC_PAGE),
                                  view[first * ps:(first + count) * ps]])
-            self.set_runstate("colo" if colo else "finish-migrate")
+            # the final phase: stopped, and `cont` refused ("Migration is not finalized yet")
+            self.set_runstate("finish-migrate")
             self.next_pass()
-            hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh))
+            hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh()))
             dirty = wire.runs(sorted(guest.dirty))
             guest.dirty = set()
             parts = []
@@ -384,14 +395,20 @@ class Migration:
             rep = Replication(self, chan, "primary")
             self.rep = rep
             wire.expect(wire.parse_message(await chan.recv_exact(4)), wire.CHECKPOINT_READY)
-        except (OSError, wire.ProtocolError) as e:
-            log.error("migration failed: %s", e)
-            self.error_desc = str(e) if isinstance(e, wire.ProtocolError) else \
-                "Unable to write to socket: " + (e.strerror or str(e))
+        except Exception as e:
             chan.close()
+            if rep is not None and (rep.failover != "none" or rep.closing):
+                return  # failover (or exit) while waiting for checkpoint-ready
+            if isinstance(e, OSError | wire.ProtocolError | EOFError):
+                log.error("migration failed: %s", e)
+            else:
+                log.exception("migration failed")
+            self.error_desc = str(e) if not isinstance(e, OSError) else \
+                "Unable to write to socket: " + (e.strerror or str(e))
             self.machine.yankables.pop("migration", None)
-            if self.out_status == "colo" and self.rep is not None:
-                self.rep.colo_exit("error")
+            if rep is not None:
+                rep.colo_exit("error")
+                self.link_failed()
                 return
             self._set_out("cancelled" if self.out_status == "cancelling" else "failed")
             if was_running and not self.machine.running:
@@ -402,11 +419,12 @@ class Migration:
 
     def _start_job(self, rep: Replication) -> None:
         old = self.jobs.find(COLO_JOB_ID)
-        if old is not None and old.status == "concluded":
+        if isinstance(old, ColoJob) and old.status == "concluded":
             self.jobs.dismiss_now(old)
+            old = None
         body = rep.primary_loop if rep.role == "primary" else rep.secondary_loop
-        job = ColoJob(COLO_JOB_ID if old is None or old.status == "concluded"
-                      else f"{COLO_JOB_ID}-{id(rep):x}", body, lambda: self._job_cancel(rep))
+        job = ColoJob(COLO_JOB_ID if old is None else f"{COLO_JOB_ID}-{id(rep):x}", body,
+                      lambda: self._job_cancel(rep))
         rep.job = job
         self.jobs.create(job)
         self.jobs.start(job)
@@ -417,27 +435,30 @@ class Migration:
 
     # -- incoming --------------------------------------------------------------------------
 
-    def _start_incoming(self, uri: str) -> None:
+    def _start_incoming(self, uri: str) -> Any:
+        """Bind now (errors are the command's), then accept in the background."""
         addr = parse_uri(uri)
         if addr is None:
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
-        self.incoming_started = True
-        self._spawn(self._incoming(addr))
 
-    async def _incoming(self, addr: Address) -> None:
-        try:
-            sock = await listen(addr)
-        except OSError as e:
-            self.error_desc = f"Failed to bind socket: {e.strerror or e}"
-            log.error("incoming migration: %s", self.error_desc)
-            self._set_in("failed")
-            return
+        self.incoming_started = True
+
+        async def bind() -> None:
+            try:
+                sock = await listen(addr)
+            except OSError as e:
+                self.incoming_started = False  # QEMU lets the command be retried
+                raise QMPError(f"Failed to bind socket: {e.strerror or e}") from None
+            self._set_in("setup")
+            self._spawn(self._incoming(addr, sock))
+        return bind()
+
+    async def _incoming(self, addr: Address, sock: socket.socket) -> None:
         self._listener = sock
         if addr.kind == "tcp":
             host, port = sock.getsockname()[:2]
             addr = Address("tcp", host=host, port=port)
         self.in_address = addr
-        self.in_status = "setup"
         self.machine.yankables["migration"] = self._yank
         log.info("waiting for an incoming migration on %s",
                  addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}")
@@ -447,6 +468,9 @@ class Migration:
         finally:
             sock.close()
             self._listener = None
+            if addr.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(addr.path)
         guest = self.guest
         try:
             chan = Channel(conn) if self.tls is None else \
@@ -459,22 +483,29 @@ class Migration:
             self._set_in("failed")
             return
         self._chan = chan
+        rep: Replication | None = None
         try:
             self._set_in("active")
             page_size, pages, colo, side = wire.parse_header(
                 await chan.recv_exact(wire.HEADER_SIZE))
-            guest.side = side ^ 0x80
             if page_size != guest.page_size or pages != guest.pages:
                 raise wire.ProtocolError(
                     f"guest RAM differs: incoming {pages * page_size} bytes in "
                     f"{page_size}-byte pages, here {len(guest.ram.data)}")
             ps, view = guest.page_size, guest.ram.view
+            total = records = 0
             while True:
                 first, flags = wire.parse_record_head(await chan.recv_exact(8))
                 if flags == wire.REC_EOS:
                     break
                 count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
                 wire.check_run(first, count, flags, pages)
+                total += count
+                records += 1
+                if total > 2 * pages:  # every page once, and again if dirtied meanwhile
+                    raise wire.ProtocolError("the stream carries more pages than guest RAM")
+                if records % 256 == 0:
+                    await asyncio.sleep(0)  # many small records must not starve the loop
                 if flags == wire.REC_PAGE:
                     await chan.recv_into(view[first * ps:(first + count) * ps])
                 else:
@@ -485,9 +516,14 @@ class Migration:
             if size > wire.MAX_DEVICE_STATE:
                 raise wire.ProtocolError(f"device state of {size} bytes is over the limit")
             blob = await chan.recv_exact(size)
-            guest.checkpoint = guest.load_device_state(blob)
+            try:
+                state = guest.parse_device_state(blob)
+            except ValueError as e:
+                raise wire.ProtocolError(f"COLO: load device state failed: {e}") from None
+            guest.side = side ^ 0x80
+            guest.checkpoint = guest.load_device_state(state)
             guest.dirty = set()
-            await asyncio.to_thread(guest.hashes.refresh)
+            await asyncio.to_thread(guest.hashes.refresh())
             guest.record_digest(0, guest.hashes.root(blob))
             guest.committed_digest = guest.history[0]
             if not colo:
@@ -498,15 +534,20 @@ class Migration:
                 return
             self._set_in("colo")
             rep = Replication(self, chan, "secondary")
-            rep.prepare_secondary()
+            await rep.prepare_secondary()
             self.rep = rep
             self.set_runstate("running")
             await chan.send([wire.message(wire.CHECKPOINT_READY)])
-        except (OSError, wire.ProtocolError) as e:
-            log.error("load of migration failed: %s", e)
+        except Exception as e:
             chan.close()
-            if self.in_status == "colo" and self.rep is not None:
-                self.rep.colo_exit("error")
+            if isinstance(e, OSError | wire.ProtocolError | EOFError):
+                log.error("load of migration failed: %s", e)
+            else:
+                log.exception("load of migration failed")
+            if rep is not None:
+                if rep.failover == "none" and not rep.closing:
+                    rep.colo_exit("error")
+                    self.link_failed()
                 return
             self.error_desc = str(e)
             self.machine.yankables.pop("migration", None)

@@ -160,6 +160,8 @@ class Replication:
 
     def request_failover(self) -> None:
         """``none -> require``; the failover itself runs after the current reply (a BH)."""
+        if self.closing:
+            return
         self.failover = "require"
         self.host.metrics.failover_requested = time.time()
         asyncio.get_running_loop().call_soon(self._failover_bh)
@@ -180,8 +182,6 @@ class Replication:
         self.host.set_runstate("running")
         m = self.host.metrics
         m.failover_ms = (time.time() - m.failover_requested) * 1000.0
-        self.cache = self.staging = None
-        self.cache_hashes = None
         if self.job is not None:
             self.job.wake()
 
@@ -197,13 +197,15 @@ class Replication:
             self.job.wake()
 
     def close(self) -> None:
-        """The daemon is going away: end the loop without COLO events."""
+        """The daemon is going away: end the loop without COLO events (the socket is closed
+        when the loop has let go of it)."""
         self.closing = True
         self.exited = True
         self.shutdown()
-        self.chan.close()
         if self.job is not None:
             self.job.wake()
+        else:
+            self.chan.close()
 
     # -- shared helpers --------------------------------------------------------------------
 
@@ -253,6 +255,12 @@ class Replication:
 
     async def primary_loop(self, job: ColoJob) -> None:
         """Take a checkpoint every x-checkpoint-delay (start to start), or when kicked."""
+        try:
+            await self._primary_loop(job)
+        finally:
+            self.chan.close()
+
+    async def _primary_loop(self, job: ColoJob) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time() + self.host.checkpoint_delay()
         while True:
@@ -274,6 +282,9 @@ class Replication:
                 if self._ended_by_failover():
                     return await self._finish_failover(job)
                 self._error_exit(e)
+            except Exception as e:  # a bug must still end replication the QEMU way
+                log.exception("COLO primary: internal error")
+                self._error_exit(e)
             job.set_progress(self.host.metrics.checkpoints, self.host.metrics.checkpoints)
 
     async def _primary_checkpoint(self) -> None:
@@ -293,7 +304,7 @@ class Replication:
         blob = guest.device_state(seq)
         hashing: asyncio.Future[None] | None = None
         if host.verify and guest.hashes.stale:
-            hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh))
+            hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh()))
         try:
             await self._fault("vmstate-send")
             await chan.send([wire.message(wire.VMSTATE_SEND)])
@@ -347,11 +358,12 @@ class Replication:
 
     # -- the secondary ---------------------------------------------------------------------
 
-    def prepare_secondary(self) -> None:
+    async def prepare_secondary(self) -> None:
         """Allocate the COLO cache (a copy of RAM as loaded) and the staging area."""
         guest = self.host.guest
         self.cache = Buffer(len(guest.ram.data))
-        self.cache.copy_runs_from(guest.ram, [(0, guest.pages)], guest.page_size)
+        await asyncio.to_thread(self.cache.copy_runs_from, guest.ram, [(0, guest.pages)],
+                                guest.page_size)
         self.cache_hashes = ChunkHashes(self.cache, guest.page_size)
         self.cache_hashes.pages = list(guest.hashes.pages)
         self.cache_hashes.chunks = list(guest.hashes.chunks)
@@ -360,6 +372,14 @@ class Replication:
 
     async def secondary_loop(self, job: ColoJob) -> None:
         """Serve checkpoints until the link ends or failover completes."""
+        try:
+            await self._secondary_loop(job)
+        finally:
+            self.chan.close()
+            self.cache = self.staging = None
+            self.cache_hashes = None
+
+    async def _secondary_loop(self, job: ColoJob) -> None:
         while True:
             if self._ended_by_failover():
                 return await self._finish_failover(job)
@@ -369,6 +389,10 @@ class Replication:
                 self.loading = False
                 if self._ended_by_failover():
                     return await self._finish_failover(job)
+                self._error_exit(e)
+            except Exception as e:  # a bug must still end replication the QEMU way
+                self.loading = False
+                log.exception("COLO secondary: internal error")
                 self._error_exit(e)
             job.set_progress(self.host.metrics.checkpoints, self.host.metrics.checkpoints)
 
@@ -389,12 +413,18 @@ class Replication:
             raise wire.ProtocolError(f"device state of {size} bytes is over the limit")
         await self._fault("vmstate-size")
         blob = await self._receive_blob(size)
+        try:
+            state = guest.parse_device_state(blob)
+        except ValueError as e:
+            raise wire.ProtocolError(f"COLO: load device state failed: {e}") from None
         await chan.send([wire.message(wire.VMSTATE_RECEIVED)])
         await self._fault("received")
+        if self.failover != "none":  # failed over while this checkpoint was arriving
+            raise ConnectionAbortedError("failover request")
         self.loading = True
         try:
             await self._fault("apply")
-            reverted = await self._apply(staged, blob)
+            reverted = await self._apply(staged, state)
         finally:
             self.loading = False
         host.set_runstate("running")
@@ -402,7 +432,7 @@ class Replication:
         host.metrics.record(t_stop, t_resume, sum(c for _, c in staged) * guest.page_size,
                             len(blob), sum(c for _, c in staged), reverted)
         hashes = self.cache_hashes  # a failover may drop the cache while this runs
-        hashing = asyncio.ensure_future(asyncio.to_thread(hashes.refresh)) \
+        hashing = asyncio.ensure_future(asyncio.to_thread(hashes.refresh())) \
             if host.verify and hashes is not None else None
         guest.settling = hashing
         try:
@@ -423,12 +453,18 @@ class Replication:
         assert staging is not None
         ps = guest.page_size
         staged: list[tuple[int, int]] = []
+        total = 0
         while True:
             first, flags = wire.parse_record_head(await chan.recv_exact(8))
             if flags == wire.REC_EOS:
                 break
             count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
             wire.check_run(first, count, flags, guest.pages)
+            total += count
+            if total > guest.pages:
+                raise wire.ProtocolError("a checkpoint carries more pages than guest RAM has")
+            if len(staged) % 256 == 255:
+                await asyncio.sleep(0)  # a flood of small records must not starve the loop
             if flags == wire.REC_PAGE:
                 await chan.recv_into(staging.view[first * ps:(first + count) * ps])
             else:
@@ -456,7 +492,7 @@ class Replication:
                 f"Got {got} VMState data, less than expected {size}") from e
         return bytes(buf)
 
-    async def _apply(self, staged: list[tuple[int, int]], blob: bytes) -> int:
+    async def _apply(self, staged: list[tuple[int, int]], state: dict[str, int]) -> int:
         """Commit a complete checkpoint: staged -> cache -> live, reverting self-dirtied
         pages; then the device state.  Returns how many pages were reverted."""
         guest, cache, staging = self.host.guest, self.cache, self.staging
@@ -479,7 +515,7 @@ class Replication:
         self.cache_hashes.mark_runs(staged)
         guest.hashes.mark_runs(staged)
         guest.hashes.mark_runs(revert)
-        guest.checkpoint = guest.load_device_state(blob)
+        guest.checkpoint = guest.load_device_state(state)
         return len(own)
 
 

@@ -68,7 +68,9 @@ def register(registry: Registry, block: BlockGraph, mig: Migration) -> Recorded:
         cmd = words[0] if words else ""
         rest = words[1] if len(words) > 1 else ""
         if cmd == "info" and rest.strip() == "status":
-            state = "running" if mig.machine.running else f"paused ({mig.machine.status})"
+            status = mig.machine.status
+            state = "running" if mig.machine.running else \
+                "paused" if status == "paused" else f"paused ({status})"
             return f"VM status: {state}\r\n"
         if cmd == "drive_add":
             node = _option(rest, "node-name") or _option(rest, "id")
@@ -152,7 +154,11 @@ def _recorder(rec: Recorded, name: str, fn: Callable[[dict[str, Any]], Any]) -> 
 
 
 def _option(text: str, key: str) -> str | None:
-    for part in shlex.split(text.replace(",", " ")):
+    try:
+        parts = shlex.split(text.replace(",", " "))
+    except ValueError:  # an unbalanced quote: no such option
+        return None
+    for part in parts:
         if part.startswith(key + "="):
             return part[len(key) + 1:]
     return None

@@ -9,7 +9,7 @@ from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
 from ..schema.model import Enum, TypeRef
-from .core import Job, JobRegistry
+from .core import JOB_EVENTS, Job, JobRegistry
 
 
 def job_info(job: Job) -> dict[str, Any]:
@@ -40,7 +40,9 @@ def register(registry: Registry, jobs: JobRegistry) -> None:
     def on(name: str, fn: Callable[[dict[str, Any]], Any]) -> None:
         registry.register(name, lambda args, session: fn(args))
 
-    on("query-jobs", lambda a: [job_info(j) for j in jobs.jobs])
+    # jobs QEMU does not have (COLO) are listed only to clients that enabled x-job-events
+    registry.register("query-jobs", lambda args, session: [
+        job_info(j) for j in jobs.jobs if j.qemu_visible or JOB_EVENTS in session.enabled])
     on("job-pause", lambda a: jobs.user_pause(jobs.get(a["id"])))
     on("job-resume", lambda a: jobs.user_resume(jobs.get(a["id"])))
     on("job-cancel", lambda a: jobs.user_cancel(jobs.get(a["id"]), True))

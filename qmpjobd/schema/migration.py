@@ -69,6 +69,7 @@ def declare(s: Schema) -> None:
                           "*resume": "bool"})
     s.command("migrate-incoming", {"uri": "str"})
     s.command("migrate_cancel")
+    s.command("migrate-continue", {"state": "MigrationStatus"})
     s.event("MIGRATION", {"status": "MigrationStatus"})
     s.event("MIGRATION_PASS", {"pass": "int"})
 
