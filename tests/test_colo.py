@@ -575,6 +575,10 @@ def test_plain_migration_without_colo(tmp_path: object) -> None:
                          ("MIGRATION", {"status": "completed"})]
     assert s.ok("query-status")["status"] == "postmigrate"
     assert d.ok("query-migrate") == {"status": "completed"}
+    info = s.ok("query-migrate")  # the keys QEMU 7.2 gives, in its order (tests/data)
+    assert list(info) == ["status", "setup-time", "downtime", "total-time", "ram"]
+    assert list(info["ram"])[:3] == ["total", "postcopy-requests", "dirty-sync-count"]
+    assert info["ram"]["dirty-sync-count"] == 2 and info["ram"]["page-size"] == 4096
     assert s.err("migrate", {"uri": uri}) == (
         "GenericError", "Can't migrate the vm that was paused due to previous migration")
     assert d.ok("x-query-guest-state")["checkpoint-digest"] == \
@@ -607,3 +611,20 @@ def test_failover_drill_example(tmp_path: object, phase: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "survivor digest matches the primary's" in out.stdout
     assert out.stdout.rstrip().endswith("drill passed")
+
+
+def _recorded_steps(command: str) -> list[tuple[dict[str, object], dict[str, object]]]:
+    path = os.path.join(os.path.dirname(__file__), "data", "qemu72-migration.json")
+    data = __import__("json").load(open(path))
+    return [(st["send"], st["reply"]) for c in data["cases"] for st in c["steps"]
+            if "send" in st and st["send"].get("execute") == command and not st.get("vm")]
+
+
+@pytest.mark.parametrize("request_,reply", _recorded_steps("migrate-set-parameters"))
+def test_set_parameters_answers_as_recorded_qemu(daemon: Daemon, request_: dict[str, object],
+                                                 reply: dict[str, object]) -> None:
+    """Every migrate-set-parameters a real QEMU 7.2.22 answered (tests/data), on a fresh
+    daemon: the same reply, and the same parameters afterwards when it succeeded."""
+    c = EvClient(daemon.path)
+    c.send(__import__("json").dumps(request_).encode() + b"\n")  # 2^64 is beyond orjson
+    assert c.recv_reply() == reply

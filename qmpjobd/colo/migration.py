@@ -24,7 +24,7 @@ from . import wire
 from .channel import Address, Channel, TlsChannel, listen, parse_uri
 from .faults import Faults
 from .guest import Guest
-from .reference import CAPABILITIES, DEFAULT_PARAMETERS
+from .reference import CAPABILITIES, DEFAULT_PARAMETERS, check_parameters
 from .replication import ColoJob, Metrics, Replication
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class Migration:
         """query-migrate: the outgoing side if there is one, else the incoming side."""
         if self.out_status != "none":
             info: dict[str, Any] = {"status": self.out_status}
-            if self.out_status == "completed" and self.rep is not None:
+            if self.out_status == "completed":
                 info.update(self._completed_stats())
             if self.out_status == "failed" and self.error_desc:
                 info["error-desc"] = self.error_desc
@@ -213,12 +213,14 @@ class Migration:
         chan = self._chan
         sent = chan.sent if chan is not None else 0
         ps = self.guest.page_size
-        ram = {"transferred": sent, "remaining": 0, "total": self.guest.pages * ps,
-               "duplicate": 0, "skipped": 0, "normal": sent // ps, "normal-bytes": sent,
-               "dirty-pages-rate": 0, "mbps": 0, "dirty-sync-count": self.dirty_sync_count,
-               "postcopy-requests": 0, "page-size": ps, "multifd-bytes": 0,
-               "pages-per-second": 0, "precopy-bytes": sent, "downtime-bytes": 0,
-               "postcopy-bytes": 0, "dirty-sync-missed-zero-copy": 0}
+        # QEMU 7.2's key order (its QDict hash order), as recorded
+        ram = {"total": self.guest.pages * ps, "postcopy-requests": 0,
+               "dirty-sync-count": self.dirty_sync_count, "multifd-bytes": 0,
+               "pages-per-second": 0, "downtime-bytes": 0, "page-size": ps, "remaining": 0,
+               "postcopy-bytes": 0, "mbps": 0, "transferred": sent,
+               "dirty-sync-missed-zero-copy": 0, "precopy-bytes": sent, "duplicate": 0,
+               "dirty-pages-rate": 0, "skipped": 0, "normal-bytes": sent,
+               "normal": sent // ps}
         return {"setup-time": 0, "downtime": 0, "total-time": 0, "ram": ram}
 
     # -- commands --------------------------------------------------------------------------
@@ -249,11 +251,20 @@ class Migration:
         return [{"state": v, "capability": k} for k, v in self.caps.items()]
 
     def set_parameters(self, args: dict[str, Any]) -> None:
-        """migrate-set-parameters; a new x-checkpoint-delay starts a checkpoint at once."""
+        """migrate-set-parameters: QEMU's checks on the merged values, all or nothing; a new
+        x-checkpoint-delay starts a checkpoint at once."""
+        merged = dict(self.params)
         for key, value in args.items():
             if key in ("tls-creds", "tls-hostname", "tls-authz") and value is None:
                 value = ""
-            self.params[key] = value
+            merged[key] = value
+        complaint = check_parameters(merged)
+        if complaint is not None:
+            raise QMPError(complaint)
+        # 7.2 checks these two but never stores them (observed: they stay 1)
+        for key in ("multifd-zlib-level", "multifd-zstd-level"):
+            merged[key] = self.params[key]
+        self.params = merged
         if "x-checkpoint-delay" in args and self.rep is not None and self.mode == "primary":
             self.rep.kick()
 

@@ -72,7 +72,8 @@ class Builtin(Type):
                 return value
             # uint64 and friends accept negative int64 for backward compatibility
             if t is not int or not (-(1 << 63) <= value <= _U64):
-                raise QMPError(f"Parameter '{path}' expects {'size' if n == 'size' else 'uint64'}")
+                # 'size' too: QMP's input visitor reads it as uint64 (QEMU 7.2, observed)
+                raise QMPError(f"Parameter '{path}' expects uint64")
             value &= _U64
             if value > hi:  # visit_type_uintN names the C type (QEMU 7.2, observed)
                 raise QMPError(f"Parameter '{name or 'null'}' expects {n}_t")
