@@ -431,10 +431,8 @@ class Replication:
         t_resume = time.time()
         host.metrics.record(t_stop, t_resume, sum(c for _, c in staged) * guest.page_size,
                             len(blob), sum(c for _, c in staged), reverted)
-        hashes = self.cache_hashes  # a failover may drop the cache while this runs
-        hashing = asyncio.ensure_future(asyncio.to_thread(hashes.refresh())) \
-            if host.verify and hashes is not None else None
-        guest.settling = hashing
+        settle = asyncio.ensure_future(self._commit_cache(staged, blob))
+        guest.settling = settle
         try:
             if self.failover == "relaunch":
                 self.failover = "none"
@@ -443,10 +441,21 @@ class Replication:
                 await self._fault("loaded")
                 await chan.send([wire.message(wire.VMSTATE_LOADED)])
         finally:
-            if hashing is not None and hashes is not None:
-                await hashing
-                guest.record_digest(guest.checkpoint, hashes.root(blob))
-                guest.committed_digest = guest.history[guest.checkpoint]
+            await settle
+
+    async def _commit_cache(self, staged: list[tuple[int, int]], blob: bytes) -> None:
+        """staged -> cache, so the cache is the committed state again, then its digest.
+        Nothing reads the cache before this is over: the next checkpoint waits for it."""
+        cache, staging, hashes = self.cache, self.staging, self.cache_hashes
+        guest = self.host.guest
+        if cache is None or staging is None or hashes is None:
+            return
+        await asyncio.to_thread(cache.copy_runs_from, staging, staged, guest.page_size)
+        hashes.mark_runs(staged)
+        if self.host.verify:
+            await asyncio.to_thread(hashes.refresh())
+            guest.record_digest(guest.checkpoint, hashes.root(blob))
+            guest.committed_digest = guest.history[guest.checkpoint]
 
     async def _receive_runs(self) -> list[tuple[int, int]]:
         guest, chan, staging = self.host.guest, self.chan, self.staging
@@ -507,12 +516,11 @@ class Replication:
 
         def to_live() -> None:
             guest.ram.copy_runs_from(staging, staged, ps)
-            guest.ram.copy_runs_from(cache, revert, ps)  # pages the cache copy does not touch
+            guest.ram.copy_runs_from(cache, revert, ps)  # not staged: the cache has them
 
-        # two copies on two cores: memmove releases the GIL
-        await asyncio.gather(asyncio.to_thread(cache.copy_runs_from, staging, staged, ps),
-                             asyncio.to_thread(to_live))
-        self.cache_hashes.mark_runs(staged)
+        # only live RAM is needed before the guest resumes; staged -> cache follows the
+        # vmstate-loaded message (see _commit_cache), outside the primary's downtime
+        await asyncio.to_thread(to_live)
         guest.hashes.mark_runs(staged)
         guest.hashes.mark_runs(revert)
         guest.checkpoint = guest.load_device_state(state)
