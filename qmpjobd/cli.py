@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start with the guest stopped (runstate prelaunch), like QEMU's -S")
     g.add_argument("--guest-ram", type=_size, default=64 << 20, metavar="SIZE",
                    help="guest RAM size, a multiple of 4K (default 64M)")
-    g.add_argument("--workload-rate", type=int, default=256, metavar="PAGES",
+    g.add_argument("--workload-rate", type=int, default=0, metavar="PAGES",
                    help="pages the synthetic guest writes per second while running "
-                        "(default 256; 0 for an idle guest)")
+                        "(default 0: an idle guest that costs no CPU and no memory)")
     g.add_argument("--workload-pattern", choices=PATTERNS, default="random",
                    help="which pages it writes (default random)")
     g.add_argument("--workload-seed", type=int, default=1, metavar="N",

@@ -109,7 +109,9 @@ def start_pair(tmp: str, transport: str = "unix", delay: int = 100, rate: int = 
     checkpoint-ready has been answered (the primary's RESUME)."""
     uri = f"unix:{tmp}/mig-{sec_name}" if transport == "unix" \
         else f"tcp:127.0.0.1:{free_port()}"
-    sec = start_qmpjobd(tmp, "--incoming", uri, "--guest-ram", ram, *extra_s, name=sec_name)
+    # the secondary runs its own workload too (COLO's divergence), unless extra_s says not
+    sec = start_qmpjobd(tmp, "--incoming", uri, "--guest-ram", ram, "--workload-rate", "200",
+                        *extra_s, name=sec_name)
     pri = start_qmpjobd(tmp, "--guest-ram", ram, "--workload-rate", str(rate), *extra_p,
                         name=pri_name)
     s = EvClient(f"{tmp}/{sec_name}")
