@@ -126,6 +126,16 @@ def start_pair(tmp: str, transport: str = "unix", delay: int = 100, rate: int = 
     return Pair(pri, sec, p, s, uri, tmp)
 
 
+def heartbeats(pr: Pair, timeout_ms: int, **extra: Any) -> None:
+    """UDP heartbeats between the two sides of a pair (20 ms interval)."""
+    a, b = free_port(), free_port()
+    common = {"interval-ms": 20, "timeout-ms": timeout_ms, **extra}
+    pr.p.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{a}", "peer": f"127.0.0.1:{b}",
+                                   **common})
+    pr.s.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{b}", "peer": f"127.0.0.1:{a}",
+                                   **common})
+
+
 def wait_checkpoints(c: EvClient, n: int, timeout: float = 10.0) -> None:
     """Wait until ``c`` has seen ``n`` more RESUME events than now."""
     since = len(c.events)

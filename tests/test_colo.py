@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from colotest import EvClient, Pair, start_pair, wait_checkpoints
+from colotest import EvClient, Pair, heartbeats, start_pair, wait_checkpoints
 from qmptest import Daemon, start_qmpjobd
 
 from qmpjobd.colo import wire
@@ -452,12 +452,7 @@ def test_reprotect_after_failover(tmp_path: object) -> None:
 
 def test_auto_failover_when_heartbeats_stop(tmp_path: object) -> None:
     pr = start_pair(str(tmp_path), rate=50)
-    from colotest import free_port
-    a, b = free_port(), free_port()
-    pr.p.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{a}", "peer": f"127.0.0.1:{b}",
-                                   "interval-ms": 20, "timeout-ms": 200})
-    pr.s.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{b}", "peer": f"127.0.0.1:{a}",
-                                   "interval-ms": 20, "timeout-ms": 200})
+    heartbeats(pr, 200)
     wait_checkpoints(pr.s, 1)
     assert pr.s.ok("x-query-colo-metrics")["heartbeat"]["peer-alive"] is True
     n = len(pr.s.events)
@@ -471,12 +466,7 @@ def test_auto_failover_when_heartbeats_stop(tmp_path: object) -> None:
 
 def test_link_cut_with_heartbeat_alive_fails_over_only_the_primary(tmp_path: object) -> None:
     pr = start_pair(str(tmp_path), rate=50)
-    from colotest import free_port
-    a, b = free_port(), free_port()
-    pr.p.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{a}", "peer": f"127.0.0.1:{b}",
-                                   "interval-ms": 20, "timeout-ms": 300})
-    pr.s.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{b}", "peer": f"127.0.0.1:{a}",
-                                   "interval-ms": 20, "timeout-ms": 300})
+    heartbeats(pr, 300)
     wait_checkpoints(pr.s, 1)
     n = len(pr.p.events)
     pr.p.ok("x-daemon-colo-inject", {"phase": "request", "action": "cut"})
@@ -615,7 +605,8 @@ def test_failover_drill_example(tmp_path: object, phase: str) -> None:
 
 def _recorded_steps(command: str) -> list[tuple[dict[str, object], dict[str, object]]]:
     path = os.path.join(os.path.dirname(__file__), "data", "qemu72-migration.json")
-    data = __import__("json").load(open(path))
+    with open(path) as f:
+        data = __import__("json").load(f)
     return [(st["send"], st["reply"]) for c in data["cases"] for st in c["steps"]
             if "send" in st and st["send"].get("execute") == command and not st.get("vm")]
 

@@ -14,8 +14,8 @@ from colotest import EvClient
 from qmptest import start_qmpjobd
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "qemu72-migration.json")
-CASES = [c for c in json.load(open(DATA))["cases"]
-         if isinstance(c.get("argv_extra"), list)]
+with open(DATA) as _f:
+    CASES = [c for c in json.load(_f)["cases"] if isinstance(c.get("argv_extra"), list)]
 
 SKIP: dict[str, str] = {
     "query-yank": "QEMU also lists its monitor's chardev (compat_monitor0)",

@@ -8,9 +8,9 @@ import signal
 import socket
 
 import pytest
-from colotest import EvClient, Pair, free_port, start_pair, wait_checkpoints
+from colotest import EvClient, Pair, heartbeats, start_pair, wait_checkpoints
 from qmptest import start_qmpjobd
-from test_colo_wire import FakePrimary, exact, read_blob, read_ram
+from test_colo_wire import FakePrimary, exact, read_blob, read_ram, start_fake_pair
 
 from qmpjobd.colo import wire
 
@@ -71,11 +71,7 @@ def test_lost_heartbeat_before_checkpoint_ready(
 
 
 def test_rejected_heartbeat_settings_are_not_applied(pair: Pair) -> None:
-    a, b = free_port(), free_port()
-    pair.p.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{a}", "peer": f"127.0.0.1:{b}",
-                                     "interval-ms": 20, "timeout-ms": 400})
-    pair.s.ok("x-daemon-heartbeat", {"listen": f"127.0.0.1:{b}", "peer": f"127.0.0.1:{a}",
-                                     "interval-ms": 20, "timeout-ms": 400})
+    heartbeats(pair, 400)
     assert pair.p.err("x-daemon-heartbeat", {"timeout-ms": 10}) == (
         "GenericError", "Parameter 'timeout-ms' must be greater than 'interval-ms'")
     assert pair.p.err("x-daemon-heartbeat", {"interval-ms": 0, "timeout-ms": 100})[0] == \
@@ -115,15 +111,8 @@ def test_sigterm_of_a_secondary_exits_promptly(pair: Pair) -> None:
 
 @pytest.fixture
 def fake(tmp_path: object) -> tuple[FakePrimary, EvClient]:
-    path = f"{tmp_path}/mig.sock"
-    sec = start_qmpjobd(str(tmp_path), "--incoming", f"unix:{path}", "--guest-ram", "1M",
-                        "--workload-rate", "0")
-    s = EvClient(sec.path)
-    fp = FakePrimary(path)
-    fp.initial()
-    assert exact(fp.conn, 4) == b"\0\0\0\0"
-    s.wait_event("RESUME")
-    assert not os.path.exists(path)  # the listener's socket file goes once it has a peer
+    fp, s = start_fake_pair(str(tmp_path), 0)
+    assert not os.path.exists(f"{tmp_path}/mig.sock")  # the listener's file goes at accept
     return fp, s
 
 

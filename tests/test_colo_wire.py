@@ -119,17 +119,22 @@ class FakePrimary:
         return self.guest.hashes.root(self.guest.device_state(seq))
 
 
-@pytest.fixture
-def fake_pair(tmp_path: object) -> tuple[FakePrimary, EvClient]:
-    path = f"{tmp_path}/mig.sock"
-    sec = start_qmpjobd(str(tmp_path), "--incoming", f"unix:{path}", "--guest-ram", "1M",
-                        "--workload-rate", "300")
+def start_fake_pair(tmp: str, rate: int) -> tuple[FakePrimary, EvClient]:
+    """A real secondary (its own workload at ``rate``) replicating a scripted primary."""
+    path = f"{tmp}/mig.sock"
+    sec = start_qmpjobd(tmp, "--incoming", f"unix:{path}", "--guest-ram", "1M",
+                        "--workload-rate", str(rate))
     s = EvClient(sec.path)
     fp = FakePrimary(path)
     fp.initial()
     assert exact(fp.conn, 4) == b"\0\0\0\0"  # checkpoint-ready opens the return path
     s.wait_event("RESUME")
     return fp, s
+
+
+@pytest.fixture
+def fake_pair(tmp_path: object) -> tuple[FakePrimary, EvClient]:
+    return start_fake_pair(str(tmp_path), 300)
 
 
 def test_secondary_bytes_and_digests_against_a_scripted_primary(
