@@ -63,6 +63,18 @@ def _size(text: str) -> int:
     return int(num) * units[unit]
 
 
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("expected a whole number (0 or more)")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError("expected a positive whole number")
+    return int(text)
+
+
 class OctalMode(int):
     """A file mode that prints (and goes back into a config file) in octal."""
 
@@ -108,20 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "Unix socket (SO_PEERCRED); repeatable")
     s.add_argument("--allow-gid", action="append", default=[], metavar="GROUP",
                    help="... or members of these primary groups; repeatable")
+    s.add_argument("--tcp-tls", action="store_true",
+                   help="QMP over TCP speaks TLS (needed for a non-loopback --tcp)")
     s.add_argument("--tls-cert", default=None, metavar="PEM",
-                   help="TLS certificate for TCP listeners (and for --colo-tls)")
+                   help="TLS certificate for --tcp-tls and --colo-tls")
     s.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
     s.add_argument("--tls-ca", default=None, metavar="PEM",
-                   help="CA bundle: clients (and COLO peers) must present a certificate "
+                   help="CA bundle: TLS clients and COLO peers must present a certificate "
                         "signed by it")
     s.add_argument("--colo-tls", action="store_true",
                    help="use TLS (the same files) on the COLO replication link")
-    s.add_argument("--max-message", type=int, default=Limits.max_message, metavar="BYTES",
+    s.add_argument("--max-message", type=_positive, default=Limits.max_message, metavar="BYTES",
                    help=f"largest request a client may send (default {Limits.max_message}, "
                         "QEMU's limit)")
     p.add_argument("--qemu-version", type=_version_triple, default=(7, 2, 0),
                    metavar="X.Y.Z", help="version triple to report (default 7.2.0)")
-    p.add_argument("--max-output", type=int, default=Limits.max_output, metavar="BYTES",
+    p.add_argument("--max-output", type=_positive, default=Limits.max_output, metavar="BYTES",
                    help="unread output after which a client is disconnected "
                         f"(default {Limits.max_output})")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
@@ -135,14 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start with the guest stopped (runstate prelaunch), like QEMU's -S")
     g.add_argument("--guest-ram", type=_size, default=64 << 20, metavar="SIZE",
                    help="guest RAM size, a multiple of 4K (default 64M)")
-    g.add_argument("--workload-rate", type=int, default=0, metavar="PAGES",
+    g.add_argument("--workload-rate", type=_natural, default=0, metavar="PAGES",
                    help="pages the synthetic guest writes per second while running "
                         "(default 0: an idle guest that costs no CPU and no memory)")
     g.add_argument("--workload-pattern", choices=PATTERNS, default="random",
                    help="which pages it writes (default random)")
     g.add_argument("--workload-seed", type=int, default=1, metavar="N",
                    help="seed of the workload's generator (default 1)")
-    g.add_argument("--device-state-size", type=int, default=4096, metavar="BYTES",
+    g.add_argument("--device-state-size", type=_positive, default=4096, metavar="BYTES",
                    help="size of the device-state blob sent with each checkpoint")
     g.add_argument("--qemu-compat", choices=("7.2", "latest"), default="7.2",
                    help="which QEMU's COLO texts to reproduce (default 7.2)")
@@ -208,10 +222,13 @@ def _gid(name: str) -> int:
 def access_from(args: argparse.Namespace) -> Access:
     """The security settings; KeyError/ValueError/OSError name what is wrong."""
     tls = None
-    if args.tls_cert or args.tls_key or args.tls_ca:
+    if args.tcp_tls:
         if not (args.tls_cert and args.tls_key):
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
+            raise ValueError("--tcp-tls needs --tls-cert and --tls-key")
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca).server_context()
+    if (args.allow_uid or args.allow_gid) and args.tcp and not (tls and args.tls_ca):
+        log.warning("--allow-uid/--allow-gid restrict the Unix socket only; TCP clients are "
+                    "not checked (use --tcp-tls with --tls-ca to authenticate them)")
     if args.colo_tls and not (args.tls_cert and args.tls_key and args.tls_ca):
         raise ValueError("--colo-tls needs --tls-cert, --tls-key and --tls-ca (both sides "
                          "verify each other)")
@@ -225,10 +242,22 @@ def activated_sockets() -> list[socket.socket]:
     """Sockets passed by systemd (LISTEN_PID/LISTEN_FDS, starting at fd 3)."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return []
-    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    text = os.environ.get("LISTEN_FDS", "0") or "0"
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)
-    return [socket.socket(fileno=3 + i) for i in range(count)]
+    if not text.isdigit():
+        raise StartupError(f"LISTEN_FDS={text!r} is not a number")
+    out = []
+    for fd in range(3, 3 + int(text)):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise StartupError(f"activated fd {fd} is not a socket: {e.strerror}") from None
+        if sock.type != socket.SOCK_STREAM or \
+                not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise StartupError(f"activated fd {fd} is not a listening stream socket")
+        out.append(sock)
+    return out
 
 
 def sd_notify(state: str) -> None:
@@ -279,14 +308,17 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.signal_stop, sig.name)
-    activated = activated_sockets()
     try:
+        activated = activated_sockets()
         for sock in activated:
             await server.adopt(sock)
         for host, port in args.tcp:
             await server.listen_tcp(host, port)
         # the Unix socket last: once its file exists, every listener is up
-        if args.socket is not None or not activated:
+        names = {s.getsockname() for s in activated if s.family == socket.AF_UNIX}
+        if args.socket in names:
+            log.info("--socket %s is one of the activated sockets", args.socket)
+        elif args.socket is not None or not activated:
             path = args.socket or default_socket()
             if args.socket is None:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -309,12 +341,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
+    lists: dict[str, Any] = {}
     if known.config:
         try:
-            parser.set_defaults(**config.load(parser, known.config))
+            values = config.load(parser, known.config)
         except config.ConfigError as e:
             parser.exit(2, f"qmpjobd: config {e}\n")
-    return parser, parser.parse_args(argv)
+        # a repeatable option given on the command line replaces the file's list
+        lists = {k: v for k, v in values.items() if isinstance(v, list)}
+        parser.set_defaults(**{k: v for k, v in values.items() if k not in lists})
+    args = parser.parse_args(argv)
+    for dest, value in lists.items():
+        if not getattr(args, dest):
+            setattr(args, dest, value)
+    return parser, args
 
 
 def main(argv: list[str] | None = None) -> int:

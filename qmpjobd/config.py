@@ -9,6 +9,7 @@ settings back in the same form.
 from __future__ import annotations
 
 import argparse
+import json
 import tomllib
 from typing import Any
 
@@ -44,6 +45,9 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
 def _scalar(action: argparse.Action, key: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ConfigError(f"key '{key}' expects a string or an integer")
+    if action.metavar == "OCTAL" and not isinstance(value, str):
+        raise ConfigError(f"key '{key}' expects a string such as \"0660\" (a TOML integer "
+                          "would be read in decimal)")
     conv = action.type
     try:
         result = conv(str(value)) if callable(conv) else str(value)
@@ -63,7 +67,7 @@ def load(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     options = _options(parser)
     defaults = {}
@@ -102,5 +106,4 @@ def _toml(value: Any) -> str:
         return _toml(f"{value[0]}:{value[1]}")
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return json.dumps(str(value), ensure_ascii=False)  # JSON's escapes are TOML's

@@ -619,3 +619,21 @@ def test_set_parameters_answers_as_recorded_qemu(daemon: Daemon, request_: dict[
     c = EvClient(daemon.path)
     c.send(__import__("json").dumps(request_).encode() + b"\n")  # 2^64 is beyond orjson
     assert c.recv_reply() == reply
+
+
+def test_cut_mid_blob_over_tls(tmp_path: object) -> None:
+    """A TLS link drops writes silently once shut down; the cut must still be noticed."""
+    pki = __import__("test_daemon_ops").make_pki(str(tmp_path))
+    tls = ("--colo-tls", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+           "--tls-ca", pki["ca.pem"])
+    pr = start_pair(str(tmp_path), "tcp", rate=2000, extra_p=tls,
+                    extra_s=(*tls, "--workload-rate", "0"))
+    wait_checkpoints(pr.s, 1)
+    m = len(pr.s.events)
+    pr.p.ok("x-daemon-colo-inject", {"phase": "blob", "action": "cut", "wait": True})
+    pr.s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"}, since=m)
+    pr.p.wait_event("COLO_EXIT", {"mode": "primary", "reason": "error"})
+    after = pr.state(pr.s)
+    history = {h["checkpoint"]: h["digest"] for h in pr.state(pr.p)["history"]}
+    assert after["checkpoint"] == max(history)  # the cut checkpoint was never recorded
+    assert after["digest"] == history[after["checkpoint"]]

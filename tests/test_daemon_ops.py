@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,6 +49,8 @@ def test_config_file_sets_options_and_flags_override(tmp_path: Any) -> None:
     ('tcp = "127.0.0.1:1"\n', "key 'tcp' expects a list"),
     ('guest-ram = "3K"\n', "key 'guest-ram': expected a positive multiple of 4K"),
     ("name = [\n", "not valid TOML"),
+    ("socket-mode = 0o660\n", "key 'socket-mode' expects a string such as \"0660\""),
+    ("max-message = 0\n", "key 'max-message': expected a positive whole number"),
 ])
 def test_config_errors_are_clear(tmp_path: Any, text: str, message: str) -> None:
     cfg = tmp_path / "bad.toml"
@@ -160,9 +163,14 @@ def test_peer_credentials_refuse_other_users(open_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def make_pki(where: str) -> dict[str, str]:
+    """A test CA with a server and a client certificate (openssl)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("pki")
+    d = Path(where)
 
     def ossl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
@@ -191,7 +199,8 @@ def _tls_client(port: int, ctx: ssl.SSLContext) -> bytes:
 
 def test_tls_listener_with_client_certificates(tmp_path: Any, pki: dict[str, str]) -> None:
     port = free_port()
-    start_qmpjobd(str(tmp_path), "--tcp", f"0.0.0.0:{port}", "--tls-cert", pki["server.pem"],
+    start_qmpjobd(str(tmp_path), "--tcp", f"0.0.0.0:{port}", "--tcp-tls",
+                  "--tls-cert", pki["server.pem"],
                   "--tls-key", pki["server.key"], "--tls-ca", pki["ca.pem"])
     ctx = ssl.create_default_context(cafile=pki["ca.pem"])
     ctx.check_hostname = False
@@ -285,3 +294,58 @@ def test_trace_records_every_message(tmp_path: Any) -> None:
     assert any(d == "in" and isinstance(m, dict) and "parse-error" in m for d, m in flow)
     assert flow[-1][0] == "disconnect"
 
+
+
+def test_config_non_utf8_is_a_clear_error(tmp_path: Any) -> None:
+    cfg = tmp_path / "bin.toml"
+    cfg.write_bytes(b'name = "\xff"\n')
+    out = run("--config", str(cfg), "--print-config")
+    assert out.returncode == 2 and "not valid TOML" in out.stderr, out.stderr
+
+
+def test_command_line_lists_replace_the_files(tmp_path: Any) -> None:
+    cfg = tmp_path / "l.toml"
+    cfg.write_text('tcp = ["127.0.0.1:4444"]\nname = "a\\nb"\n')
+    out = run("--config", str(cfg), "--tcp", "127.0.0.1:5555", "--print-config")
+    assert 'tcp = ["127.0.0.1:5555"]' in out.stdout, out.stdout
+    assert 'name = "a\\nb"' in out.stdout  # control characters escaped: valid TOML
+    again = tmp_path / "again.toml"
+    again.write_text(out.stdout)
+    assert run("--config", str(again), "--print-config").stdout == out.stdout
+    assert 'tcp = ["127.0.0.1:4444"]' in run("--config", str(cfg), "--print-config").stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed")
+def test_socket_activation_with_the_same_path_in_the_config(tmp_path: Any) -> None:
+    path = f"{tmp_path}/act.sock"
+    cfg = tmp_path / "sd.toml"
+    cfg.write_text(f'socket = "{path}"\n')  # as the README's example config does
+    d = Daemon(["systemd-socket-activate", "-l", path, *QMPJOBD, "--config", str(cfg),
+                "--log-level", "warning"], path)
+    with Client(path) as c:
+        c.negotiate()
+        assert c.cmd("query-status")["return"]["status"] == "running"
+    assert d.stop() == 0
+
+
+def test_colo_tls_leaves_a_loopback_qmp_listener_plain(tmp_path: Any,
+                                                       pki: dict[str, str]) -> None:
+    port = free_port()
+    start_qmpjobd(str(tmp_path), "--tcp", f"127.0.0.1:{port}", "--colo-tls",
+                  "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                  "--tls-ca", pki["ca.pem"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        assert s.recv(100).startswith(b'{"QMP"')
+
+
+def test_a_failing_trace_file_stops_tracing_not_the_daemon(tmp_path: Any) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    d = start_qmpjobd(str(tmp_path), "--trace", "/dev/full")
+    with Client(d.path) as c:
+        c.negotiate()
+        for _ in range(50):
+            assert c.cmd("query-status")["return"]["running"] is True
+    assert d.stop() == 0
+    assert "tracing stopped" in d.stderr()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _READ_AHEAD = 64 * 1024
+HANDSHAKE = 10.0
+"""Seconds a TLS handshake on the replication link may take."""
 _JOIN_BELOW = 256 * 1024
 
 
@@ -196,11 +198,12 @@ class TlsChannel(Channel):
     async def connect_tls(cls, addr: Address, ctx: ssl.SSLContext) -> TlsChannel:
         """Connect and complete the TLS handshake (the peer must chain to our CA)."""
         if addr.kind == "unix":
-            reader, writer = await asyncio.open_unix_connection(addr.path, ssl=ctx,
-                                                                server_hostname="")
+            reader, writer = await asyncio.open_unix_connection(
+                addr.path, ssl=ctx, server_hostname="", ssl_handshake_timeout=HANDSHAKE)
         else:
-            reader, writer = await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
-                                                           server_hostname="")
+            reader, writer = await asyncio.open_connection(
+                addr.host, addr.port, ssl=ctx, server_hostname="",
+                ssl_handshake_timeout=HANDSHAKE)
         return cls(reader, writer)
 
     @classmethod
@@ -209,18 +212,22 @@ class TlsChannel(Channel):
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20)
         proto = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock, ssl=ctx)
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock, ssl=ctx,
+                                                          ssl_handshake_timeout=HANDSHAKE)
         return cls(reader, asyncio.StreamWriter(transport, proto, reader, loop))
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None:
-        if self.closed:
-            raise ConnectionResetError("connection closed")
+        if self.closed or self.writer.transport.is_closing():
+            # a closing TLS transport drops writes silently; say so, as a socket would
+            raise ConnectionResetError("connection shut down")
         for part in parts:
             self.writer.write(part)
             self.sent += len(part)
         await self.writer.drain()
 
     async def recv_exact(self, n: int) -> bytes:
+        if self.closed or self.writer.transport.is_closing():
+            raise ShortRead(0)
         try:
             data = await self.reader.readexactly(n)
         except asyncio.IncompleteReadError as e:

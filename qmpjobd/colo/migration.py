@@ -68,6 +68,7 @@ class Migration:
         self._listener: socket.socket | None = None
         self._chan: Channel | None = None
         self._started = False
+        self._connecting: asyncio.Task[None] | None = None
         self.on_colo_error: list[Callable[[], None]] = []
         """Called when a replication run ends with COLO_EXIT error (the heartbeat's hook)."""
 
@@ -293,10 +294,14 @@ class Migration:
         if isinstance(old, ColoJob) and old.status == "concluded":
             self.jobs.dismiss_now(old)
         self.error_desc = None
+        self._chan = None
         self.dirty_sync_count = 0
         self.machine.yankables["migration"] = self._yank
         self._set_out("setup")
-        self._spawn(self._outgoing(addr, self.caps["x-colo"]))
+        self._connecting = asyncio.get_running_loop().create_task(
+            self._outgoing(addr, self.caps["x-colo"]))
+        self._tasks.add(self._connecting)
+        self._connecting.add_done_callback(self._tasks.discard)
 
     def migrate_incoming(self, uri: str) -> Any:
         """migrate-incoming: only with ``--incoming defer``, and only once."""
@@ -318,14 +323,20 @@ class Migration:
             return
         if self.out_status in ("setup", "active"):
             self._set_out("cancelling")
-            if self._chan is not None:
-                self._chan.shutdown()
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Stop the outgoing link: a connection still being made is abandoned."""
+        if self._chan is not None:
+            self._chan.shutdown()
+        elif self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
 
     def _yank(self) -> None:
         if self.rep is not None and self.mode != "none":
             self.rep.shutdown()
-        elif self._chan is not None:
-            self._chan.shutdown()
+        else:
+            self._interrupt()
 
     def query_guest_state(self) -> Any:
         """x-query-guest-state: digests of the live state and of recent checkpoints."""
@@ -351,6 +362,10 @@ class Migration:
         try:
             chan = await Channel.connect(addr) if self.tls is None else \
                 await TlsChannel.connect_tls(addr, self.tls.client_context())
+        except asyncio.CancelledError:  # migrate_cancel or yank while connecting
+            self.machine.yankables.pop("migration", None)
+            self._set_out("cancelled" if self.out_status == "cancelling" else "failed")
+            return
         except OSError as e:
             where = addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}"
             # errno's text ("Connection refused"); a resolver error has a negative errno

@@ -54,6 +54,8 @@ class Connection(asyncio.Protocol):
         refusal = self.server.access.refuse(transport)
         if refusal:
             log.warning("conn%d: refused: %s", self.id, refusal)
+            if self.tracer is not None:
+                self.tracer.record(self.id, "connect", {"refused": refusal})
             self.closed = True
             transport.abort()
             return
@@ -76,7 +78,7 @@ class Connection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.tracer is not None and self.transport is not None:
+        if self.tracer is not None and self.transport is not None and not self.closed:
             self.tracer.record(self.id, "disconnect", str(exc) if exc else "eof")
         self.closed = True
         self.inband.clear()

@@ -196,7 +196,7 @@ class Server:
             host = sock.getsockname()[0]
             if self.access.tls is None and not _is_loopback(host):
                 raise StartupError(f"refusing the activated socket on non-loopback {host} "
-                                   "without TLS (configure tls-cert and tls-key)")
+                                   "without TLS (--tcp-tls with --tls-cert and --tls-key)")
             srv = await loop.create_server(self._new_connection, sock=sock, backlog=1024,
                                            ssl=self.access.tls)
         self._servers.append(srv)
@@ -208,7 +208,8 @@ class Server:
         self.migration.start()
         if self.access.tls is None and not _is_loopback(host):
             raise StartupError(f"refusing to listen on non-loopback address {host} without "
-                               "TLS (QMP has no authentication; configure tls-cert and tls-key)")
+                               "TLS (QMP has no authentication; use --tcp-tls with "
+                               "--tls-cert and --tls-key)")
         loop = asyncio.get_running_loop()
         try:
             srv = await loop.create_server(self._new_connection, host, port, backlog=1024,
