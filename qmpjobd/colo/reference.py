@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-CAPABILITIES: Final = ("xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress",
-                       "events", "postcopy-ram", "x-colo", "release-ram", "block",
-                       "return-path", "pause-before-switchover", "multifd", "dirty-bitmaps",
-                       "postcopy-blocktime", "late-block-activate", "x-ignore-shared",
-                       "validate-uuid", "background-snapshot", "zero-copy-send",
-                       "postcopy-preempt")
+from ..schema.migration import MIGRATION_CAPABILITIES
+
+CAPABILITIES: Final = tuple(MIGRATION_CAPABILITIES)
 """MigrationCapability, in enum order (query-migrate-capabilities lists them so)."""
 
 DEFAULT_PARAMETERS: Final[dict[str, Any]] = {
@@ -27,11 +24,6 @@ DEFAULT_PARAMETERS: Final[dict[str, Any]] = {
 }
 """query-migrate-parameters of a fresh QEMU 7.2."""
 
-MIGRATION_STATUSES: Final = ("none", "setup", "cancelling", "cancelled", "active",
-                             "postcopy-active", "postcopy-paused", "postcopy-recover",
-                             "completed", "failed", "colo", "pre-switchover", "device",
-                             "wait-unplug")
-"""MigrationStatus, in enum order."""
 
 
 def _range(lo: int, hi: int, text: str) -> tuple[int, int, str]:

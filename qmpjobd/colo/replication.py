@@ -72,7 +72,6 @@ class Metrics:
         self.reverted_pages = 0
         self.failover_ms: float | None = None
         self.failover_requested = 0.0
-        self.exit_reason = "none"
 
     def record(self, stop: float, resume: float, ram_bytes: int, device_bytes: int,
                dirty: int, reverted: int = 0) -> None:
@@ -155,7 +154,6 @@ class Replication:
         """COLO_EXIT, once per run, with QEMU's data."""
         if not self.exited:
             self.exited = True
-            self.host.metrics.exit_reason = reason
             self.host.events.emit("COLO_EXIT", {"mode": self.role, "reason": reason})
 
     def request_failover(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .model import Schema, TypeRef
 
-_CAPABILITIES = ["xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress",
+MIGRATION_CAPABILITIES = ["xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress",
                  "events", "postcopy-ram", "x-colo", "release-ram", "block", "return-path",
                  "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime",
                  "late-block-activate", "x-ignore-shared", "validate-uuid",
@@ -33,7 +33,7 @@ def declare(s: Schema) -> None:
                                "postcopy-active", "postcopy-paused", "postcopy-recover",
                                "completed", "failed", "colo", "pre-switchover", "device",
                                "wait-unplug"])
-    s.enum("MigrationCapability", _CAPABILITIES)
+    s.enum("MigrationCapability", MIGRATION_CAPABILITIES)
     s.struct("MigrationCapabilityStatus", {"capability": "MigrationCapability",
                                            "state": "bool"})
     s.command("migrate-set-capabilities", {"capabilities": ["MigrationCapabilityStatus"]})
