@@ -12,8 +12,8 @@ from qmpjobd.protocol.request import BadRequest, parse_request, qdict_order, tdb
 from qmpjobd.protocol.session import Session
 from qmpjobd.schema import Registry, build_schema
 from qmpjobd.schema.introspect import command_list, qmp_schema
-from qmpjobd.server import Server
 from qmpjobd.server.dispatch import Dispatcher
+from qmpjobd.vm import Vm
 
 
 class Recorder:
@@ -223,11 +223,11 @@ def test_argument_visitor_texts() -> None:
 
 
 def test_every_command_has_a_handler_and_every_handler_is_declared() -> None:
-    server = Server()
-    assert server.registry.missing() == []
-    assert set(server.registry.handlers) == set(server.schema.commands)
+    vm = Vm()
+    assert vm.registry.missing() == []
+    assert set(vm.registry.handlers) == set(vm.schema.commands)
     with pytest.raises(KeyError):
-        server.registry.register("not-declared", lambda a, s: None)
+        vm.registry.register("not-declared", lambda a, s: None)
 
 
 def test_introspection_is_consistent() -> None:

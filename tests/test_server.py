@@ -21,6 +21,7 @@ import pytest
 
 from qmpjobd.protocol.session import Session
 from qmpjobd.server import Server, StartupError
+from qmpjobd.vm import Vm
 from qmptest import Client, start_qmpjobd
 
 
@@ -31,8 +32,8 @@ class Blocker:
         self.release = asyncio.Event()
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
-        server.schema.command("x-block", {"*tag": "str"}, returns="str")
-        server.registry.register("x-block", self.handle)
+        server.vm.schema.command("x-block", {"*tag": "str"}, returns="str")
+        server.vm.registry.register("x-block", self.handle)
 
     def handle(self, args: dict[str, Any], session: Session) -> Any:
         async def run() -> str:
@@ -74,12 +75,13 @@ class AClient:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> Any:
-    srv = Server()
+    srv = Server(Vm())
     path = str(tmp_path / "s.sock")
     await srv.listen_unix(path)
     srv.path = path  # type: ignore[attr-defined]
     yield srv
     await srv.close()
+    srv.vm.close()
 
 
 async def test_oob_overtakes_blocked_command(server: Any) -> None:
@@ -175,21 +177,21 @@ async def test_socket_mode_and_stale_socket(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(path)
     stale.close()  # a socket file nobody listens on
-    srv = Server()
+    srv = Server(Vm())
     await srv.listen_unix(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    other = Server()
+    other = Server(Vm())
     with pytest.raises(StartupError, match="in use"):
         await other.listen_unix(path)
     await srv.close()
     assert not os.path.exists(path)
     Path(path).write_text("not a socket")
     with pytest.raises(StartupError, match="not a socket"):
-        await Server().listen_unix(path)
+        await Server(Vm()).listen_unix(path)
 
 
 async def test_tcp_loopback_only(tmp_path: Path) -> None:
-    srv = Server()
+    srv = Server(Vm())
     with pytest.raises(StartupError, match="non-loopback"):
         await srv.listen_tcp("0.0.0.0", 0)
     await srv.listen_tcp("127.0.0.1", 0)

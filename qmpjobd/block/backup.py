@@ -53,6 +53,9 @@ class BackupJob(Job):
         """Called once the job lets go of its nodes (the graph closes orphaned ones)."""
         self.owns_target = False
         """drive-backup opened the target itself and closes it when the job ends."""
+        self.total_progress = source.length
+        """Known before the start command replies, as in QEMU (whose job coroutine sets it
+        before its first yield)."""
         src, dst = source.plain_file(), target.plain_file()
         self._fast = src is not None and dst is not None and hasattr(os, "copy_file_range")
 
