@@ -680,11 +680,10 @@ def machine_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def debian_mirror() -> str:
+def debian_mirror(apt: Path = Path("/etc/apt")) -> str:
     """The Debian archive this host's apt uses (QMPJOBD_DEBIAN_MIRROR overrides it)."""
     if os.environ.get("QMPJOBD_DEBIAN_MIRROR"):
         return os.environ["QMPJOBD_DEBIAN_MIRROR"]
-    apt = Path("/etc/apt")
     entries: list[tuple[str, list[str]]] = []  # (URI, suites) of each "deb" source
     for f in sorted(apt.glob("sources.list.d/*.sources")):
         for para in re.split(r"\n\s*\n", f.read_text()):
@@ -702,6 +701,28 @@ def debian_mirror() -> str:
         if any(re.fullmatch(r"[a-z]+", s) for s in suites):
             return uri
     return "http://deb.debian.org/debian"
+
+
+@pytest.mark.parametrize(("files", "expect"), [
+    ({"sources.list.d/debian.sources":
+      "Types: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n"
+      "Components: main\n\n"
+      "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+      "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+      "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+      "Suites: bookworm bookworm-updates\nComponents: main\n"}, "http://mirror.example/debian"),
+    ({"sources.list": "# deb http://old.example/debian bookworm main\n"
+                      "deb [arch=amd64] http://one.example/debian/ bookworm main\n"},
+     "http://one.example/debian/"),
+    ({}, "http://deb.debian.org/debian"),
+], ids=["deb822", "one-line", "none"])
+def test_debian_mirror_is_the_hosts(files: dict[str, str], expect: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QMPJOBD_DEBIAN_MIRROR", raising=False)
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert debian_mirror(tmp_path) == expect
 
 
 def mounts_below(root: Path) -> list[str]:
