@@ -21,23 +21,12 @@ from typing import Any
 
 from . import __version__, config
 from .colo.guest import PATTERNS, Guest, Workload
+from .paths import default_socket
 from .server import Access, Limits, Server, StartupError
 from .server.trace import Tracer
 from .tls import TlsFiles
 
 log = logging.getLogger("qmpjobd")
-
-DEFAULT_SOCKET = "/run/qmpjobd/qmpjobd.sock" if os.geteuid() == 0 else ""
-
-
-def default_socket() -> str:
-    """$XDG_RUNTIME_DIR/qmpjobd.sock, else /tmp/qmpjobd-$UID.sock (/run/qmpjobd for root)."""
-    if DEFAULT_SOCKET:
-        return DEFAULT_SOCKET
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "qmpjobd.sock")
-    return f"/tmp/qmpjobd-{os.geteuid()}.sock"
 
 
 def _version_triple(text: str) -> tuple[int, int, int]:
@@ -96,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for --help in the README)."""
     p = argparse.ArgumentParser(
         prog="qmpjobd",
-        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.")
+        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.",
+        epilog="subcommand: 'qmpjobd watch [SOCKET] [--once]' is a live view of a running "
+               "daemon's jobs, COLO state and events (see 'qmpjobd watch --help').")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a TOML file (keys are these long option names; "
                         "flags override it)")

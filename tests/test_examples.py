@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
-from qmptest import Daemon
+from qmptest import Daemon, wait_for_socket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -61,3 +62,41 @@ def test_backup_follow(daemon: Daemon) -> None:
     assert any(x.startswith("bk: pending") for x in lines)
     assert "completed: {'device': 'bk', 'len': 8388608, 'offset': 8388608" in out.stdout
     assert lines[-1] == "target equals source"
+
+
+def test_default_socket_module_imports_no_daemon_code() -> None:
+    code = ("import sys, qmpjobd.paths as p; print(p.default_socket()); "
+            "print(sorted(m for m in sys.modules if m.startswith('qmpjobd')))")
+    out = run(sys.executable, "-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == "['qmpjobd', 'qmpjobd.paths']"
+
+
+def test_examples_and_daemon_share_one_default_socket(tmp_path: Path) -> None:
+    """No socket argument anywhere: the daemon and every client example meet at
+    qmpjobd.paths.default_socket() (here steered by $QMPJOBD_SOCKET)."""
+    path = str(tmp_path / "default.sock")
+    env = {**os.environ, "QMPJOBD_SOCKET": path}
+    shown = subprocess.run([sys.executable, "-m", "qmpjobd.paths"], env=env,
+                           capture_output=True, text=True, check=True)
+    assert shown.stdout == path + "\n"
+    argv = [sys.executable, "-m", "qmpjobd", "--log-level", "warning"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(path, proc)
+        for example in ("client.py", "backup_follow.py"):
+            out = subprocess.run([sys.executable, os.path.join(EXAMPLES, example)], env=env,
+                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert out.returncode == 0, (example, out.stdout + out.stderr)
+        if shutil.which("socat"):
+            out = subprocess.run(["sh", os.path.join(EXAMPLES, "socat-session.sh")], env=env,
+                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert out.returncode == 0 and '"event":"STOP"' in out.stdout, out.stderr
+        if shutil.which("qmp-shell"):
+            out = subprocess.run(["sh", os.path.join(EXAMPLES, "qmp-shell-session.sh")],
+                                 env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert out.returncode == 0 and "Connected to QEMU" in out.stdout, out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
