@@ -15,7 +15,7 @@ meanwhile (STOP/RESUME at every COLO checkpoint, for instance) are skipped. The 
 reported, not judged: a paused guest is still a healthy daemon.
 
 Standard library only; it does not import the daemon's modules unless SOCKET is omitted (then
-the daemon's own default, ``qmpjobd.cli.default_socket()``, is used).
+the daemon's own default, ``qmpjobd.paths.default_socket()``, is used).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.socket is not None:
         target = args.socket
     else:
-        from .cli import default_socket
+        from .paths import default_socket
         target = default_socket()
     try:
         status = check(target, args.timeout)

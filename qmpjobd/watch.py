@@ -597,7 +597,7 @@ def _interval(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``qmpjobd watch``."""
-    from .cli import default_socket
+    from .paths import default_socket
     p = argparse.ArgumentParser(
         prog="qmpjobd watch",
         description="Live view of a QMP daemon's jobs and COLO state, driven by its events.")
@@ -733,7 +733,7 @@ async def _live(watcher: Watcher, client: QMPClient, out: TextIO, tty: bool) -> 
 
 def main(argv: list[str]) -> int:
     """``qmpjobd watch [SOCKET] [--once] [--interval SECONDS] [--no-color]``."""
-    from .cli import default_socket
+    from .paths import default_socket
     args = build_parser().parse_args(argv)
     path = args.socket or default_socket()
     try:
