@@ -3,6 +3,7 @@ and sd_notify, socket permissions, peer credentials, TLS, message limits and --t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import orjson
 import pytest
 from colotest import EvClient, free_port, wait_checkpoints
 from qmptest import Client, Daemon, start_qmpjobd
+
+from qmpjobd.server.trace import Tracer
 
 QMPJOBD = [sys.executable, "-m", "qmpjobd"]
 
@@ -109,8 +113,8 @@ def test_sd_notify_ready_and_stopping(tmp_path: Any) -> None:
 
 def test_systemd_unit_files_use_real_options() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    service = open(os.path.join(root, "examples", "systemd", "qmpjobd.service")).read()
-    sock = open(os.path.join(root, "examples", "systemd", "qmpjobd.socket")).read()
+    service = Path(root, "examples", "systemd", "qmpjobd.service").read_text()
+    sock = Path(root, "examples", "systemd", "qmpjobd.socket").read_text()
     assert "Type=notify" in service and "ListenStream=/run/qmpjobd/qmpjobd.sock" in sock
     exec_line = next(x for x in service.splitlines() if x.startswith("ExecStart="))
     flags = [w for w in exec_line.split() if w.startswith("--")]
@@ -280,7 +284,7 @@ def test_trace_records_every_message(tmp_path: Any) -> None:
         c.send(b"{bad json}\n")
         c.recv_reply()
     assert d.stop() == 0
-    lines = [orjson.loads(x) for x in open(trace, "rb").read().splitlines()]
+    lines = [orjson.loads(x) for x in Path(trace).read_bytes().splitlines()]
     assert all(set(x) == {"time", "connection", "direction", "message"} for x in lines)
     ours = next(x["connection"] for x in lines if x["message"] == {"execute": "stop"})
     flow = [(x["direction"], x["message"]) for x in lines if x["connection"] == ours]
@@ -339,7 +343,7 @@ def test_colo_tls_leaves_a_loopback_qmp_listener_plain(tmp_path: Any,
         assert s.recv(100).startswith(b'{"QMP"')
 
 
-def test_a_failing_trace_file_stops_tracing_not_the_daemon(tmp_path: Any) -> None:
+def test_a_failing_trace_file_loses_records_not_the_daemon(tmp_path: Any) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
     d = start_qmpjobd(str(tmp_path), "--trace", "/dev/full")
@@ -348,4 +352,86 @@ def test_a_failing_trace_file_stops_tracing_not_the_daemon(tmp_path: Any) -> Non
         for _ in range(50):
             assert c.cmd("query-status")["return"]["running"] is True
     assert d.stop() == 0
-    assert "tracing stopped" in d.stderr()
+    err = d.stderr()
+    assert "records are lost until a write succeeds" in err, err
+    assert "lost (write errors)" in err, err
+
+
+def _drain(fd: int, into: list[bytes]) -> threading.Thread:
+    """Read ``fd`` to its end in a thread (the far side of a trace FIFO)."""
+    def read() -> None:
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, 1 << 20):
+            into.append(chunk)
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def test_trace_queue_is_bounded_in_bytes(tmp_path: Any,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A trace file that does not keep up (a FIFO nobody reads) costs at most max_bytes of
+    queued records; the rest are dropped, counted and logged, and the rest get written."""
+    fifo = str(tmp_path / "trace.fifo")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    limit = 256 << 10
+    tracer = Tracer(fifo, max_bytes=limit)
+    record = b'{"return":{},"id":"' + b"x" * (16 << 10) + b'"}\r\n'
+    for _ in range(200):  # 3.2 MB, against a 64 KiB pipe and a 256 KiB queue
+        tracer.record_raw(1, "out", record)
+        assert tracer.queued_bytes <= limit
+    assert tracer.dropped > 0
+    assert "the file cannot keep up; dropping records" in caplog.text
+    chunks: list[bytes] = []
+    drained = _drain(reader, chunks)
+    tracer.close()
+    drained.join(10)
+    os.close(reader)
+    lines = b"".join(chunks).splitlines()
+    assert len(lines) == 200 - tracer.dropped
+    assert all(orjson.loads(x)["message"]["return"] == {} for x in lines)
+    assert f"{tracer.dropped} records dropped" in caplog.text
+
+
+def test_trace_writer_survives_any_error(tmp_path: Any,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """An unencodable record is described, not fatal; an exception in the writer loses
+    that batch only: later records are written."""
+    path = tmp_path / "t.jsonl"
+    tracer = Tracer(str(path))
+    failed = threading.Event()
+    write_batch = tracer._write_batch
+
+    def broken_once(batch: list[Any]) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("injected")
+        write_batch(batch)
+
+    tracer._write_batch = broken_once  # type: ignore[method-assign]
+    tracer.record(1, "in", {"lost": True})
+    assert failed.wait(10)
+    tracer.record(1, "in", {1, 2})               # a set: JSON has none
+    tracer.record(1, "in", {"id": "\ud800"})     # a lone surrogate
+    tracer.record(1, "in", {"id": 2 ** 70})       # past orjson's 64 bits
+    tracer.close()
+    got = [json.loads(x)["message"] for x in path.read_bytes().splitlines()]
+    assert got == [{"unencodable": "set"}, {"id": "\ud800"}, {"id": 2 ** 70}]
+    assert tracer.lost == 1 and "cannot write 1 records" in caplog.text
+
+
+def test_daemon_traces_hostile_values_and_keeps_serving(tmp_path: Any) -> None:
+    trace = tmp_path / "trace.jsonl"
+    d = start_qmpjobd(str(tmp_path), "--trace", str(trace))
+    deep = b"[" * 300 + b"]" * 300
+    with Client(d.path) as c:
+        c.negotiate()
+        c.send(b'{"execute":"query-name","id":' + deep + b'}\n')
+        assert "return" in c.recv_reply()
+        assert c.cmd("query-status")["return"]["running"] is True
+    assert d.stop() == 0
+    ins = [orjson.loads(x)["message"] for x in trace.read_bytes().splitlines()
+           if b'"direction":"in"' in x]
+    assert {"execute": "query-name", "id": orjson.loads(deep)} in ins
+    assert {"execute": "query-status"} in ins
