@@ -7,8 +7,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import grp
-import importlib
-import importlib.util
 import logging
 import os
 import pwd
@@ -19,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, config
+from . import __version__, config, plugins
 from .colo.guest import PATTERNS, Guest, Workload
 from .paths import default_socket
 from .server import Access, Limits, Server, StartupError
@@ -175,19 +173,6 @@ def tune_malloc() -> None:
     mallopt(m_trim_threshold, 1024 * 1024)
 
 
-def load_plugin(spec: str) -> Any:
-    """Import a plug-in given as a module name or a path to a .py file."""
-    if spec.endswith(".py") or os.sep in spec:
-        name = "qmpjobd_plugin_" + os.path.splitext(os.path.basename(spec))[0]
-        loader = importlib.util.spec_from_file_location(name, spec)
-        if loader is None or loader.loader is None:
-            raise ImportError(f"cannot load {spec}")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-        return module
-    return importlib.import_module(spec)
-
-
 def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
     """The event loop constructor to use, and its name for the log."""
     if kind in ("auto", "uvloop"):
@@ -291,10 +276,9 @@ async def serve(args: argparse.Namespace) -> int:
                     guest=guest, incoming=args.incoming, paused=args.paused,
                     compat=args.qemu_compat, access=access, tracer=tracer, colo_tls=colo_tls)
     try:
-        for spec in args.plugin:
-            load_plugin(spec).register(server)
-    except Exception as e:  # a broken plug-in: say which and why, then exit 1
-        log.error("cannot load plug-in: %s: %s", type(e).__name__, e)
+        plugins.register_all(args.plugin, server)
+    except plugins.PluginError as e:
+        log.error("%s", e)
         return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

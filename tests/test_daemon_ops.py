@@ -435,3 +435,52 @@ def test_daemon_traces_hostile_values_and_keeps_serving(tmp_path: Any) -> None:
            if b'"direction":"in"' in x]
     assert {"execute": "query-name", "id": orjson.loads(deep)} in ins
     assert {"execute": "query-status"} in ins
+
+
+# -- plug-ins ------------------------------------------------------------------------------------
+
+EXAMPLE_PLUGIN = str(Path(__file__).parent.parent / "examples" / "countdown_job.py")
+
+
+def start_status(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the daemon with ``args``; for a start that must fail (no socket is waited on)."""
+    return run("--socket", str(tmp_path / "never.sock"), "--log-level", "warning", *args)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("def register(server:\n", "syntax error at line 1: '(' was never closed"),
+    ("import json\nimport no_such_module_xyz\n",
+     "import failed (line 2): ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    ("x = 1\n", "no register(server) function"),
+    ("def register(server):\n    raise RuntimeError('broken')\n",
+     "register() failed (line 2): RuntimeError: broken"),
+    ("raise OSError('at import')\n", "failed while loading (line 1): OSError: at import"),
+])
+def test_a_broken_plugin_names_its_file(tmp_path: Any, text: str, message: str) -> None:
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text(text)
+    out = start_status(tmp_path, "--plugin", str(bad))
+    assert out.returncode == 1, out.stderr
+    assert f"plug-in {bad}: {message}" in out.stderr, out.stderr
+
+
+def test_a_missing_plugin_file_or_module_is_named(tmp_path: Any) -> None:
+    out = start_status(tmp_path, "--plugin", str(tmp_path / "nowhere.py"))
+    assert out.returncode == 1 and f"plug-in {tmp_path}/nowhere.py: no such file" in out.stderr
+    out = start_status(tmp_path, "--plugin", "no_such_plugin_module")
+    assert out.returncode == 1
+    assert "plug-in no_such_plugin_module: no module of that name" in out.stderr, out.stderr
+
+
+def test_the_same_plugin_twice_is_refused_clearly(tmp_path: Any) -> None:
+    out = start_status(tmp_path, "--plugin", EXAMPLE_PLUGIN, "--plugin", EXAMPLE_PLUGIN)
+    assert out.returncode == 1
+    assert f"plug-in {EXAMPLE_PLUGIN} is given twice" in out.stderr, out.stderr
+    copy = tmp_path / "countdown_copy.py"  # another file declaring the same job type
+    copy.write_text(Path(EXAMPLE_PLUGIN).read_text())
+    out = start_status(tmp_path, "--plugin", EXAMPLE_PLUGIN, "--plugin", str(copy))
+    assert out.returncode == 1
+    assert f"plug-in {copy}: register() failed" in out.stderr, out.stderr
+    assert "job type 'x-countdown' is already registered (its command is 'x-countdown')" \
+        in out.stderr
+    assert not (tmp_path / "never.sock").exists()
