@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 import pytest
+from qmptest import Client, start_qmpjobd
 
 from qmpjobd.protocol.session import Session
 from qmpjobd.server import Server, StartupError
-from qmptest import Client, start_qmpjobd
 
 
 class Blocker:
