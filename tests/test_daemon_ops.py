@@ -20,8 +20,10 @@ from typing import Any
 import orjson
 import pytest
 from colotest import EvClient, free_port, wait_checkpoints
-from qmptest import Client, Daemon, start_qmpjobd
+from qmptest import Client, Daemon, start_qmpjobd, wait_for_socket
 
+from qmpjobd.cli import build_parser
+from qmpjobd.paths import default_socket
 from qmpjobd.server.trace import Tracer
 
 QMPJOBD = [sys.executable, "-m", "qmpjobd"]
@@ -62,6 +64,58 @@ def test_config_errors_are_clear(tmp_path: Any, text: str, message: str) -> None
     out = run("--config", str(cfg), "--print-config")
     assert out.returncode == 2
     assert message in out.stderr and str(cfg) in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ("socket-mode = 660\n", "key 'socket-mode' expects a string such as \"0660\""),
+    ("socket-mode = 0o660\n", "key 'socket-mode' expects a string such as \"0660\""),
+    ("socket-mode = 0660\n", "not valid TOML"),  # TOML has no leading zeros
+])
+def test_socket_mode_must_be_a_quoted_string(tmp_path: Any, text: str, message: str) -> None:
+    """What the README's note says: an integer socket-mode is refused, never misread."""
+    cfg = tmp_path / "mode.toml"
+    cfg.write_text(text)
+    out = run("--config", str(cfg), "--print-config")
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_quoted_socket_mode_is_octal(tmp_path: Any) -> None:
+    cfg = tmp_path / "mode.toml"
+    cfg.write_text('socket-mode = "0640"\n')
+    d = start_qmpjobd(str(tmp_path), "--config", str(cfg))
+    assert stat.S_IMODE(os.stat(d.path).st_mode) == 0o640
+
+
+def test_sample_config_runs_as_it_is(tmp_path: Any) -> None:
+    """examples/qmpjobd.toml on this machine, from the repository root, as its header says."""
+    root = Path(__file__).resolve().parent.parent
+    path = str(tmp_path / "sample.sock")
+    env = {**os.environ, "QMPJOBD_SOCKET": path}  # the default socket, moved out of the way
+    proc = subprocess.Popen([*QMPJOBD, "--config", "examples/qmpjobd.toml"], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(path, proc)
+        with Client(path) as c:
+            c.negotiate()
+            assert c.cmd("query-name") == {"return": {"name": "sample"}}
+            reply = c.cmd("x-countdown", {"job-id": "c", "steps": 1})  # the plug-in is loaded
+            assert reply == {"return": {}}, reply
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_print_config_shows_every_option_with_its_default() -> None:
+    out = run("--print-config")
+    assert out.returncode == 0, out.stderr
+    keys = {line.lstrip("# ").split(" = ")[0] for line in out.stdout.splitlines()[1:]}
+    parser = build_parser()
+    longs = {o[2:] for a in parser._actions for o in a.option_strings[:2] if o.startswith("--")}
+    assert keys == longs - {"help", "version", "config", "print-config"}
+    assert "guest-ram = 67108864" in out.stdout and 'log-level = "info"' in out.stdout
+    assert f'# socket = "{default_socket()}"' in out.stdout
 
 
 def test_print_config_round_trips(tmp_path: Any) -> None:
