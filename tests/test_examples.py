@@ -100,3 +100,35 @@ def test_examples_and_daemon_share_one_default_socket(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def readme_block(after: str) -> str:
+    """The first fenced code block of README.md after the line starting with ``after``."""
+    text = (Path(ROOT) / "README.md").read_text()
+    rest = text[text.index("\n" + after):]
+    start = rest.index("```sh\n") + len("```sh\n")
+    return rest[start:rest.index("```", start)]
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_readme_backup_drill_runs_as_written(tmp_path: Path) -> None:
+    """The README's drill, byte for byte, against a daemon on the default socket."""
+    script = readme_block("A backup drill with socat")
+    assert "/var/tmp/src.img" in script
+    path = str(tmp_path / "drill.sock")
+    env = {**os.environ, "QMPJOBD_SOCKET": path}
+    proc = subprocess.Popen([sys.executable, "-m", "qmpjobd", "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(path, proc)
+        out = subprocess.run(["bash", "-euc", script], env=env, capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert '"error"' not in out.stdout and out.stderr == "", out.stdout + out.stderr
+    assert '"status":"concluded"' in out.stdout
+    assert '"data":{"status":"null","id":"bk"}' in out.stdout  # dismissed
+    assert out.stdout.rstrip().endswith("the copy equals the source")
+    assert not os.path.exists("/var/tmp/src.img") and not os.path.exists("/var/tmp/dst.img")
