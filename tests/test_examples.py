@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,24 @@ def test_readme_backup_drill_runs_as_written(tmp_path: Path) -> None:
     assert '"data":{"status":"null","id":"bk"}' in out.stdout  # dismissed
     assert out.stdout.rstrip().endswith("the copy equals the source")
     assert not os.path.exists("/var/tmp/src.img") and not os.path.exists("/var/tmp/dst.img")
+
+
+def test_readme_greeting_is_the_daemons(daemon: Daemon) -> None:
+    """Every greeting shown in README.md is byte for byte what the daemon sends today."""
+    shown = {line for line in (Path(ROOT) / "README.md").read_text().splitlines()
+             if line.startswith('{"QMP":')}
+    assert shown
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(daemon.path)
+        greeting = b""
+        while not greeting.endswith(b"\r\n"):
+            greeting += s.recv(4096)
+    assert shown == {greeting.decode().rstrip("\r\n")}
+
+
+def test_help_lists_watch_and_plugin() -> None:
+    out = run(sys.executable, "-m", "qmpjobd", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--plugin MODULE_OR_FILE" in out.stdout
+    assert "qmpjobd watch [SOCKET]" in out.stdout
