@@ -107,7 +107,7 @@ def test_sample_config_runs_as_it_is(tmp_path: Any) -> None:
     assert proc.returncode == 0
 
 
-def test_print_config_shows_every_option_with_its_default() -> None:
+def test_print_config_shows_every_option_with_its_default(tmp_path: Any) -> None:
     out = run("--print-config")
     assert out.returncode == 0, out.stderr
     keys = {line.lstrip("# ").split(" = ")[0] for line in out.stdout.splitlines()[1:]}
@@ -116,6 +116,9 @@ def test_print_config_shows_every_option_with_its_default() -> None:
     assert keys == longs - {"help", "version", "config", "print-config"}
     assert "guest-ram = 67108864" in out.stdout and 'log-level = "info"' in out.stdout
     assert f'# socket = "{default_socket()}"' in out.stdout
+    cfg = tmp_path / "defaults.toml"
+    cfg.write_text(out.stdout)
+    assert run("--config", str(cfg), "--print-config").stdout == out.stdout
 
 
 def test_print_config_round_trips(tmp_path: Any) -> None:
