@@ -269,7 +269,7 @@ RUNNERS = {"rtt": rtt, "pipeline": pipeline, "handshake": handshake, "clients": 
 
 async def run_mode(mode: str, paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     """One mode against one server, within a time limit (a stuck server fails the run)."""
-    limit = 30.0 if size is SIZES["quick"] else 300.0
+    limit = 300.0 if size["rtt"] >= SIZES["full"]["rtt"] else 30.0
     try:
         return await asyncio.wait_for(RUNNERS[mode](paths, size), limit)
     except TimeoutError:
@@ -292,7 +292,7 @@ MEASURES = [  # (title, mode, key, unit, higher is better)
 
 
 def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
-    size = SIZES["quick" if args.quick else "full"]
+    size = args.size
     rows: list[dict[str, Any]] = []
     run_id = time.strftime("%Y%m%dT%H%M%S")
     with tempfile.TemporaryDirectory(prefix="qmpbench-") as tmp:
@@ -335,7 +335,7 @@ def fmt(value: float, unit: str = "") -> str:
 
 def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """Markdown: the medians per server, then the ratios."""
-    size = SIZES["quick" if args.quick else "full"]
+    size = args.size
     servers = [s for s in SERVERS if s in args.servers]
     head = ["measure", *[{"qemu": "QEMU 7.2"}.get(s, s) for s in servers]]
     ratio_cols = [(a, b) for a, b in (("qmpjobd", "qemu"), ("qmpjobd", "floor"),
@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="tiny counts: a smoke run that proves the harness works (seconds)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    ap.add_argument("--clients", type=int, default=None, metavar="N",
+                    help="clients in the clients and fanout modes (default 50, quick 4); "
+                         "QEMU gets N + 2 monitors")
     ap.add_argument("--out", default=None, help="append one JSON line per run to this file")
     ap.add_argument("--verbose", action="store_true", help="print each run's JSON to stderr")
     args = ap.parse_args(argv)
@@ -388,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         [s for s in args.servers if s not in SERVERS]
     if bad or args.reps < 1:
         ap.error(f"unknown mode or server: {', '.join(bad)}" if bad else "--reps must be >= 1")
+    args.size = dict(SIZES["quick" if args.quick else "full"])
+    if args.clients is not None:
+        args.size["clients"] = args.clients
     try:
         import uvloop
     except ImportError:
