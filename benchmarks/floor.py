@@ -46,7 +46,7 @@ class Floor(asyncio.Protocol):
         for line in data.split(b"\n")[:n]:
             for pattern, event in EVENTS.items():
                 if pattern in line:
-                    for t in clients:
+                    for t in list(clients):  # a write may end a connection
                         t.write(event)
             self.t.write(REPLY)
 

@@ -56,15 +56,22 @@ class Server:
 
     def __init__(self, name: str, argv: list[str], paths: list[str]) -> None:
         self.name, self.paths = name, paths
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = os.path.join(os.path.dirname(paths[0]), f"{name}.log")
+        with open(self.log, "wb") as log:  # a file, not a pipe nobody drains
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 30
         for path in paths:
             while not self._listening(path):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise SystemExit(f"qmpbench: {name} did not start on {path}: {err}")
+                    self.stop()
+                    raise SystemExit(f"qmpbench: {name} did not start on {path}: "
+                                     f"{self.log_text()}")
                 time.sleep(0.02)
+
+    def log_text(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()[-2000:]
 
     @staticmethod
     def _listening(path: str) -> bool:
@@ -267,13 +274,15 @@ RUNNERS: dict[str, Callable[[list[str], dict[str, Any]], Coroutine[Any, Any, dic
 RUNNERS = {"rtt": rtt, "pipeline": pipeline, "handshake": handshake, "clients": clients,
            "fanout": fanout}
 
-async def run_mode(mode: str, paths: list[str], size: dict[str, Any]) -> dict[str, float]:
+async def run_mode(mode: str, srv: Server, size: dict[str, Any]) -> dict[str, float]:
     """One mode against one server, within a time limit (a stuck server fails the run)."""
-    limit = 300.0 if size["rtt"] >= SIZES["full"]["rtt"] else 30.0
+    limit = 300.0 if size["rtt"] >= SIZES["full"]["rtt"] else 60.0
     try:
-        return await asyncio.wait_for(RUNNERS[mode](paths, size), limit)
-    except TimeoutError:
-        raise SystemExit(f"qmpbench: {mode} against {paths[0]} took over {limit} s") from None
+        return await asyncio.wait_for(RUNNERS[mode](srv.paths, size), limit)
+    except Exception as e:
+        why = f"took over {limit} s" if isinstance(e, TimeoutError) else repr(e)
+        raise SystemExit(f"qmpbench: {mode} against {srv.name} failed: {why}; its log: "
+                         f"{srv.log_text() or '(empty)'}") from None
 
 # -- the suite -------------------------------------------------------------------------------
 
@@ -311,7 +320,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
                     for k in order:
                         srv = (many if mode in ("clients", "fanout") else single)[k]
                         cpu0 = srv.cpu_ns()
-                        result = asyncio.run(run_mode(mode, srv.paths, size))
+                        result = asyncio.run(run_mode(mode, srv, size))
                         result["cpu_us"] = (srv.cpu_ns() - cpu0) / 1000 / result["ops"]
                         row = {"run": run_id, "rep": rep, "mode": mode, "server": k,
                                "instance": srv.name, **result}

@@ -30,9 +30,10 @@ def test_quick_benchmark_run_prints_the_tables(tmp_path: Path) -> None:
                   "4 clients at once, p99", "fan-out to 4, last subscriber p99",
                   "server CPU per request (rtt)", "VmRSS idle"):
         row = next((x for x in out.stdout.splitlines() if x.startswith(f"| {title}")), None)
-        assert row is not None, (title, out.stdout)
-        assert "| - |" not in row, row  # every server measured
+        assert row is not None, (title, out.stdout, out.stderr)
+        assert "| - |" not in row, (row, out.stdout, out.stderr)  # every server measured
     rows = [json.loads(x) for x in raw.read_text().splitlines()]
     measured = {(r["mode"], r["server"], r["rep"]) for r in rows if r["mode"] != "idle"}
-    assert measured == {(m, s, rep) for m in MODES for s in servers for rep in (0, 1)}
+    assert measured == {(m, s, rep) for m in MODES for s in servers for rep in (0, 1)}, \
+        out.stdout + out.stderr
     assert not list(tmp_path.glob("*.sock"))  # nothing left behind
