@@ -1,4 +1,4 @@
-"""Where to connect or listen: the daemon's default socket and one parser for every address.
+"""Where to connect or listen: one parser for every address (the default socket is in paths.py).
 
 ``HOST:PORT`` (``--tcp``, health checks, heartbeats), ``unix:PATH`` and ``tcp:HOST:PORT``
 (migration URIs, the COLO channel) and plain socket paths all go through :func:`parse_address`
@@ -9,22 +9,8 @@ imports no daemon code, so clients (``watch``, ``health``, examples) can use it 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from dataclasses import dataclass
-
-ROOT_SOCKET = "/run/qmpjobd/qmpjobd.sock"
-
-
-def default_socket() -> str:
-    """The daemon's socket when none is given: /run/qmpjobd/qmpjobd.sock for root, else
-    $XDG_RUNTIME_DIR/qmpjobd.sock, else /tmp/qmpjobd-$UID.sock."""
-    if os.geteuid() == 0:
-        return ROOT_SOCKET
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "qmpjobd.sock")
-    return f"/tmp/qmpjobd-{os.geteuid()}.sock"
 
 
 class AddressError(ValueError):

@@ -7,8 +7,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import grp
-import importlib
-import importlib.util
 import logging
 import os
 import pwd
@@ -19,9 +17,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, config
-from .address import AddressError, default_socket, parse_host_port
+from . import __version__, config, plugins
+from .address import AddressError, parse_host_port
 from .colo.guest import PATTERNS, Guest, Workload
+from .paths import default_socket
 from .server import Access, Limits, Server, StartupError
 from .server.trace import Tracer
 from .tls import TlsFiles
@@ -96,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for --help in the README)."""
     p = argparse.ArgumentParser(
         prog="qmpjobd",
-        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.")
+        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.",
+        epilog="subcommand: 'qmpjobd watch [SOCKET] [--once]' is a live view of a running "
+               "daemon's jobs, COLO state and events (see 'qmpjobd watch --help').")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a TOML file (keys are these long option names; "
                         "flags override it)")
@@ -193,19 +194,6 @@ def tune_malloc() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 256 * 1024)
     mallopt(m_trim_threshold, 1024 * 1024)
-
-
-def load_plugin(spec: str) -> Any:
-    """Import a plug-in given as a module name or a path to a .py file."""
-    if spec.endswith(".py") or os.sep in spec:
-        name = "qmpjobd_plugin_" + os.path.splitext(os.path.basename(spec))[0]
-        loader = importlib.util.spec_from_file_location(name, spec)
-        if loader is None or loader.loader is None:
-            raise ImportError(f"cannot load {spec}")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-        return module
-    return importlib.import_module(spec)
 
 
 def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
@@ -310,10 +298,9 @@ async def serve(args: argparse.Namespace) -> int:
             incoming=args.incoming, paused=args.paused, compat=args.qemu_compat,
             colo_tls=colo_tls)
     try:
-        for spec in args.plugin:
-            load_plugin(spec).register(vm)
-    except Exception as e:  # a broken plug-in: say which and why, then exit 1
-        log.error("cannot load plug-in: %s: %s", type(e).__name__, e)
+        plugins.register_all(args.plugin, vm)
+    except plugins.PluginError as e:
+        log.error("%s", e)
         return 1
     server = Server(vm, limits=Limits(max_output=args.max_output, max_message=args.max_message,
                                       max_total_output=args.max_total_output,

@@ -15,7 +15,7 @@ meanwhile (STOP/RESUME at every COLO checkpoint, for instance) are skipped. The 
 reported, not judged: a paused guest is still a healthy daemon.
 
 It uses qmpjobd's blocking QMP client (``qmpjobd.client``) and imports no daemon code; without
-SOCKET it checks the daemon's own default, ``qmpjobd.address.default_socket()``.
+SOCKET it checks the daemon's own default, ``qmpjobd.paths.default_socket()``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from .address import Address, AddressError, default_socket, parse_host_port
+from .address import Address, AddressError, parse_host_port
 from .client import GREETING, Client, ClientError, short
+from .paths import default_socket
 
 DEFAULT_TIMEOUT = 3.0
 STATUS_ID = "qmpjobd-health"

@@ -29,8 +29,9 @@ from typing import Any, TextIO
 
 import orjson
 
-from .address import Address, default_socket
+from .address import Address
 from .client import AsyncClient, ClientError, ConnectionClosed
+from .paths import default_socket
 
 COALESCE = 0.1
 """Minimum time between two state refreshes (and two redraws), in seconds."""

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
+from qmptest import NO_QEMU_REASON, QEMU, Client, Daemon, start_qemu, start_qmpjobd, strip_volatile
 
 from qmpjobd.server import Server
 from qmpjobd.vm import Vm
-from qmptest import NO_QEMU_REASON, QEMU, Client, Daemon, start_qemu, start_qmpjobd, strip_volatile
 
 
 def half_closed(path: str, data: bytes, timeout: float = 30.0) -> list[Any]:
