@@ -12,8 +12,10 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
+from .errors import QmpjobdError
 
-class AddressError(ValueError):
+
+class AddressError(QmpjobdError, ValueError):
     """An address that does not parse; the message is the one text every caller shows."""
 
     def __init__(self, text: str, reason: str) -> None:

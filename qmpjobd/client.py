@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from .address import Address, parse_address
+from .errors import QmpjobdError
 
 MAX_LINE = 64 << 20
 """Longest message accepted from the server."""
@@ -24,7 +25,7 @@ MAX_LINE = 64 << 20
 GREETING = "the greeting"
 
 
-class ClientError(Exception):
+class ClientError(QmpjobdError):
     """Why a conversation with a QMP server failed; the message says what happened."""
 
 

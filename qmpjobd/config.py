@@ -13,12 +13,13 @@ import json
 import tomllib
 from typing import Any
 
+from .errors import QmpjobdError
 from .paths import default_socket
 
 NOT_IN_FILE = frozenset(("help", "version", "config", "print_config"))
 
 
-class ConfigError(Exception):
+class ConfigError(QmpjobdError):
     """The file cannot be used; the message names the file, the key and the reason."""
 
 

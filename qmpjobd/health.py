@@ -29,13 +29,14 @@ from typing import Any, NoReturn
 
 from .address import Address, AddressError, parse_host_port
 from .client import GREETING, Client, ClientError, short
+from .errors import QmpjobdError
 from .paths import default_socket
 
 DEFAULT_TIMEOUT = 3.0
 STATUS_ID = "qmpjobd-health"
 
 
-class Unhealthy(Exception):
+class Unhealthy(QmpjobdError):
     """The check failed; the message is the one-line reason."""
 
 

@@ -12,8 +12,10 @@ import traceback
 from types import ModuleType
 from typing import Any
 
+from .errors import QmpjobdError
 
-class PluginError(Exception):
+
+class PluginError(QmpjobdError):
     """A plug-in cannot be loaded or registered; the text names its file."""
 
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import QmpjobdError
 from ..protocol import encode
 from ..protocol.jsonstream import MAX_TOKEN_SIZE
 from .connection import Connection
@@ -82,7 +83,7 @@ class Access:
         return f"peer pid {pid} uid {uid} gid {gid} is not allowed"
 
 
-class StartupError(Exception):
+class StartupError(QmpjobdError):
     """The daemon cannot start (socket in use, bad address); the message says why."""
 
 
