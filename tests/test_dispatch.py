@@ -57,7 +57,7 @@ def test_buckets_match_qemu() -> None:
 
 
 def test_qdict_order_reorders_client_objects() -> None:
-    # qmp-protocol.md §1.5: {"b":1,"a":2,"id":3,"return":4,"error":5} echoes in this order
+    # as QEMU 7.2.22 replied: {"b":1,"a":2,"id":3,"return":4,"error":5} echoes in this order
     assert qdict_order(["b", "a", "id", "return", "error"]) == ["a", "b", "return", "id", "error"]
     assert qdict_order(["micro", "minor"]) == ["minor", "micro"]  # same bucket: newest first
 

@@ -24,7 +24,7 @@ def test_event_shape() -> None:
 
 
 def test_qemu_writer_matches_qemu_bytes() -> None:
-    # qmp-protocol.md §1.5-§1.7, observed on QEMU 7.2.22
+    # observed on QEMU 7.2.22
     assert encode.qemu_dumps({"b": 1, "a": 2, "id": 3, "return": 4, "error": 5}) == \
         b'{"a": 2, "b": 1, "return": 4, "id": 3, "error": 5}'
     assert encode.qemu_dumps({"return": {}, "id": 1}) == b'{"return": {}, "id": 1}'

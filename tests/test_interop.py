@@ -1,6 +1,6 @@
 """Interop tests: real QMP clients against a running qmpjobd process.
 
-Clients exercised (see /work/shared/spec/clients.md):
+Clients exercised:
 
 * ``qemu.qmp`` 0.0.6 ``QMPClient`` (async; negotiates ``oob`` because the greeting offers it, sends
   compact JSON with no newline, routes replies by ``__qmp#NNNNN`` ids),
@@ -289,7 +289,7 @@ async def test_qmpclient_disconnect_and_reconnect(daemon: Daemon) -> None:
         await within(qmp.disconnect())  # clean: raises nothing
         assert qmp.runstate == Runstate.IDLE
 
-        # the same client object reconnects; its id counter is not reset (clients.md §1.6)
+        # the same client object reconnects; its id counter is not reset (qemu.qmp's QMPClient keeps it across connections)
         await within(qmp.connect(daemon.path))
         assert await within(qmp.execute("query-name")) == {}
         await within(qmp.disconnect())
@@ -566,7 +566,7 @@ def test_socat_raw_lines(daemon: Daemon) -> None:
 
 @needs_socat
 def test_socat_stream_framing(daemon: Daemon) -> None:
-    """Input is a JSON stream: CRLF, no separator, objects split over lines (clients.md C1)."""
+    """Input is a JSON stream: CRLF, no separator, objects split over lines (qemu.qmp and qmp-shell read it so)."""
     data = (b'{"execute":"qmp_capabilities"}{"execute":"query-name","id":1}\r\n'
             b'{"execute":\n  "query-status",\n "id":2}\r\n'
             b'  \t{"execute":"query-yank","id":3}')  # no terminator at all before EOF

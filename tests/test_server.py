@@ -1,7 +1,7 @@
 """The server in this test's event loop, with a plug-in command that blocks until released.
 
 Covers OOB overtaking, in-band ordering behind a blocked command, disconnect while a command
-runs or is queued (qmp-protocol.md §9-§10), socket file handling, and the CLI's exit paths.
+runs or is queued (as QEMU 7.2's monitor/qmp.c), socket file handling, and the CLI's exit paths.
 """
 
 from __future__ import annotations

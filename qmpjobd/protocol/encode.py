@@ -2,7 +2,7 @@
 
 Key order follows QEMU's where it costs nothing (``return`` before ``id``, ``id`` before
 ``error``, ``timestamp`` before ``event``); separators and escaping are orjson's, which clients
-parse to the same values (qmp-protocol.md §13 says byte-identity there is informative).
+parse to the same values (QEMU's docs/interop/qmp-spec.txt promises values, not bytes).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _qemu_str(s: str) -> str:
 
 
 def qemu_dumps(obj: Any) -> bytes:
-    """Serialise exactly as QEMU 7.2's JSON writer does (qmp-protocol.md §1).
+    """Serialise exactly as QEMU 7.2's JSON writer does (qobject/qjson.c, to_json()).
 
     QDict key order, ``", "`` and ``": "``, ASCII-only output with upper-case ``\\uXXXX``,
     doubles with ``%.17g`` (so ``inf`` for an overflowed double, as QEMU writes it).

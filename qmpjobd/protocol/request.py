@@ -1,6 +1,6 @@
 """Turning a parsed JSON value into a QMP request, with QEMU's checks and texts.
 
-This is rows 1-3 of qmp_dispatch() (qmp-protocol.md §4): the value must be an object, its
+This is rows 1-3 of qmp_dispatch() (QEMU's qapi/qmp-dispatch.c): the value must be an object, its
 members are checked in QDict bucket order, and ``execute`` (or ``exec-oob``) must be there.
 """
 

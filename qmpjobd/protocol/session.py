@@ -1,6 +1,6 @@
 """One client's QMP session without I/O: bytes in, requests to run, bytes out.
 
-The session owns every rule of qmp-protocol.md §3-§5 that does not need a socket:
+The session owns every rule of QEMU's monitor/qmp.c that does not need a socket:
 negotiation, the in-band queue and its limit, out-of-band requests overtaking a blocked
 in-band one, output order (a command's events before its reply), when reading should pause,
 and what happens at end of input.  The asyncio connection (server/connection.py) only feeds it

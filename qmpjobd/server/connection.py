@@ -96,7 +96,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """End of input.  A half-close (the peer still reads) runs what was received and
         writes its replies and events, then closes; a peer that is gone altogether is a
-        disconnect: queued requests are dropped (qmp-protocol.md §10)."""
+        disconnect: queued requests are dropped (as QEMU's monitor/qmp.c on CHR_EVENT_CLOSED)."""
         if self.transport is not None and _peer_gone(self.transport):
             self.abort()
             return None

@@ -1,4 +1,4 @@
-"""qmp_dispatch(): from a parsed message to the reply bytes (qmp-protocol.md §4).
+"""qmp_dispatch(): from a parsed message to the reply bytes (QEMU's qapi/qmp-dispatch.c).
 
 No asyncio here: a handler that returns an awaitable makes dispatch() return a coroutine
 that produces the reply; the connection decides how to run it.
