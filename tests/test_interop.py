@@ -289,7 +289,8 @@ async def test_qmpclient_disconnect_and_reconnect(daemon: Daemon) -> None:
         await within(qmp.disconnect())  # clean: raises nothing
         assert qmp.runstate == Runstate.IDLE
 
-        # the same client object reconnects; its id counter is not reset (qemu.qmp's QMPClient keeps it across connections)
+        # the same client object reconnects; its id counter is not reset (qemu.qmp's
+        # QMPClient keeps it across connections)
         await within(qmp.connect(daemon.path))
         assert await within(qmp.execute("query-name")) == {}
         await within(qmp.disconnect())
@@ -566,7 +567,7 @@ def test_socat_raw_lines(daemon: Daemon) -> None:
 
 @needs_socat
 def test_socat_stream_framing(daemon: Daemon) -> None:
-    """Input is a JSON stream: CRLF, no separator, objects split over lines (qemu.qmp and qmp-shell read it so)."""
+    """Input is a JSON stream: CRLF, no separator, objects split over lines."""
     data = (b'{"execute":"qmp_capabilities"}{"execute":"query-name","id":1}\r\n'
             b'{"execute":\n  "query-status",\n "id":2}\r\n'
             b'  \t{"execute":"query-yank","id":3}')  # no terminator at all before EOF
