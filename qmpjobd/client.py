@@ -58,13 +58,17 @@ class Protocol:
     """The client side of QMP without I/O: parses lines, keeps the greeting, hands out
     replies by id and queues events."""
 
-    def __init__(self, id_prefix: str = "c") -> None:
+    def __init__(self, id_prefix: str = "c", newline: bytes = b"\n") -> None:
         self.greeting: dict[str, Any] | None = None
         self.events: deque[dict[str, Any]] = deque()
         self.replies: dict[Any, dict[str, Any]] = {}
         self.unmatched: deque[dict[str, Any]] = deque()
         """Replies without an id (or with one nobody asked for), in order."""
-        self._buf = b""
+        self.newline = newline
+        """What ends a line: ``\n`` (QEMU sends CRLF; the CR is stripped), or ``\r\n``
+        exactly, for a reader that wants to see a bare LF inside a line."""
+        self._buf = bytearray()
+        self._scan = 0
         self._prefix = id_prefix
         self._next_id = 0
 
@@ -82,24 +86,42 @@ class Protocol:
             req["arguments"] = arguments
         return msg_id, json.dumps(req, separators=(",", ":")).encode() + b"\n"
 
+    def feed(self, data: bytes) -> None:
+        """Bytes from the server, to be taken line by line with :meth:`next_line`."""
+        self._buf += data
+
+    def next_line(self) -> bytes | None:
+        """The next complete line without its line end, or None (linear in what arrives)."""
+        buf = self._buf
+        i = buf.find(self.newline, self._scan)
+        if i < 0:
+            if len(buf) > MAX_LINE:
+                raise ProtocolViolation(f"no end of line after {MAX_LINE} bytes")
+            self._scan = max(0, len(buf) - len(self.newline) + 1)
+            return None
+        line = bytes(buf[:i])
+        del buf[:i + len(self.newline)]
+        self._scan = 0
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def parse(self, line: bytes, what: str = "a message") -> dict[str, Any]:
+        """One line as a QMP message, filed as the greeting, an event or a reply."""
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise ProtocolViolation(f"garbage instead of {what}: {short(line)}") from None
+        if not isinstance(msg, dict):
+            raise ProtocolViolation(f"not a QMP message: {short(line)}")
+        self._file(msg)
+        return msg
+
     def receive_data(self, data: bytes, what: str = "a message") -> list[dict[str, Any]]:
         """Feed bytes; returns the messages completed by them (also filed by kind)."""
-        self._buf += data
+        self.feed(data)
         out = []
-        while b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
-            if not line.strip():
-                continue
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                raise ProtocolViolation(f"garbage instead of {what}: {short(line)}") from None
-            if not isinstance(msg, dict):
-                raise ProtocolViolation(f"not a QMP message: {short(line)}")
-            self._file(msg)
-            out.append(msg)
-        if len(self._buf) > MAX_LINE:
-            raise ProtocolViolation(f"{what}: no end of line after {MAX_LINE} bytes")
+        while (line := self.next_line()) is not None:
+            if line.strip():
+                out.append(self.parse(line, what))
         return out
 
     def _file(self, msg: dict[str, Any]) -> None:
@@ -117,7 +139,7 @@ class Protocol:
 
     def buffered(self) -> bytes:
         """Bytes received after the last complete line."""
-        return self._buf
+        return bytes(self._buf)
 
 
 def _hashable(value: Any) -> bool:
