@@ -98,6 +98,10 @@ class Run:
         self.received: list[Any] = []
         self.cursor = 0  # wait() looks at messages from here on
         self.n = 0
+        self.completed = False
+        """The script ran to its end (set by :func:`differential`)."""
+        self.abandoned_at = ""
+        """The step at which the script was abandoned, if it was."""
 
     def close(self) -> None:
         self.client.close()
@@ -168,9 +172,18 @@ class Run:
         self.cursor = end
 
     def until_eof(self) -> None:
-        """After quit: read the rest; the connection must close."""
+        """After quit: read the rest; the connection must close (a timeout abandons)."""
         while True:
-            self._read()
+            try:
+                msg = self.client.recv()
+            except (EOFError, ConnectionResetError):
+                self.steps[-1].msgs.append({"__eof__": True})
+                return
+            except TimeoutError:
+                self.steps[-1].msgs.append({"__timeout__": f"nothing for {TIMEOUT:.0f}s"})
+                raise Abandoned from None
+            self.steps[-1].msgs.append(msg)
+            self.received.append(msg)
 
     def fact(self, label: str, value: Any) -> None:
         """Record something that is not on the wire (e.g. file contents) for comparison."""
@@ -303,8 +316,9 @@ def differential(qemu: Daemon, daemon: Daemon, tmp_path: Path, files: dict[str, 
         run = Run(server.path, root)
         try:
             script(run)
+            run.completed = True
         except Abandoned:
-            pass
+            run.abandoned_at = run.steps[-1].label
         finally:
             run.close()
         runs.append(run)
@@ -314,7 +328,14 @@ def differential(qemu: Daemon, daemon: Daemon, tmp_path: Path, files: dict[str, 
             for step in run.steps:
                 texts = [_short(_canon(m, step, run.root)) for m in step.msgs]
                 print(f"-> {step.label}\n   " + "\n   ".join(texts))
+    # a scenario QEMU did not play to its end proves nothing: never let it pass
+    if not runs[0].completed:
+        pytest.fail(f"QEMU 7.2 did not complete the script (abandoned at step "
+                    f"{runs[0].abandoned_at!r}): {script.__name__}", pytrace=False)
     problems = compare(*runs)
+    if not runs[1].completed:
+        problems.append(f"qmpjobd did not complete the script (abandoned at step "
+                        f"{runs[1].abandoned_at!r})")
     if problems:
         pytest.fail("QEMU 7.2 and qmpjobd differ:\n" + "\n".join(problems), pytrace=False)
     return runs[0], runs[1]
@@ -688,6 +709,22 @@ def test_query_right_after_start_of_speed_limited_backup(qemu: Daemon, daemon: D
     """QEMU has copied the first chunk and sleeps in the rate limiter (``busy: false``)."""
     differential(qemu, daemon, tmp_path, images(big=16, dstbig="16"),
                  script_query_right_after_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner itself: a script that QEMU does not play to its end must fail the test
+
+
+def script_abandoned_early(r: Run) -> None:
+    r.file_node("src", "missing.img")  # no such file: both servers refuse, the script stops
+    r.cmd("query-jobs")
+
+
+def test_runner_fails_a_script_qemu_did_not_complete(qemu: Daemon, daemon: Daemon,
+                                                     tmp_path: Path) -> None:
+    """Both servers stop at the same step, so the transcripts agree; that must not pass."""
+    with pytest.raises(pytest.fail.Exception, match=r"QEMU 7\.2 did not complete the script"):
+        differential(qemu, daemon, tmp_path, {}, script_abandoned_early)
 
 
 # ---------------------------------------------------------------------------------------------
