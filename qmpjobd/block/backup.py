@@ -76,16 +76,21 @@ class BackupJob(Job):
         await asyncio.to_thread(self.target.flush)
 
     async def copy_all(self) -> None:
-        """One pass over the source, CHUNK by CHUNK, with progress, policies and speed."""
+        """One pass over the source, CHUNK by CHUNK, with progress, policies and speed.
+
+        As block-copy: wait while the slice's quota is used up, charge the chunk, copy it
+        (so the last chunk goes out without a wait)."""
         length = self.source.length
         self.set_progress(0, length)
         offset = 0
         while offset < length:
             n = min(CHUNK, length - offset)
+            await self.throttle()
+            self.dispatched(n)
             await self._copy_with_policy(offset, n)
             offset += n
             self.set_progress(offset)
-            await self.rate_limit(n)
+        await self.pause_point()
 
     async def _copy_with_policy(self, offset: int, n: int) -> None:
         while True:

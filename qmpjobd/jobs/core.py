@@ -45,6 +45,37 @@ class Txn:
         self.aborting = False
 
 
+class RateLimit:
+    """QEMU's RateLimit (include/qemu/ratelimit.h): 100 ms slices with a quota of
+    ``speed`` x 0.1 s; once a slice's quota is used up, the delay stretches the slice by the
+    excess as a fraction of slices, so the average rate is ``speed`` for any chunk size."""
+
+    SLICE = 0.1
+    """BLOCK_JOB_SLICE_TIME, in seconds."""
+
+    def __init__(self) -> None:
+        self.quota = 0.0
+        self.slice_start = 0.0
+        self.slice_end = 0.0
+        self.dispatched = 0.0
+
+    def set_speed(self, speed: int) -> None:
+        """ratelimit_set_speed(): 0 turns throttling off."""
+        self.quota = max(speed * self.SLICE, 1.0) if speed > 0 else 0.0
+
+    def account(self, n: int, now: float) -> float:
+        """ratelimit_calculate_delay(): add ``n`` bytes; seconds to wait (0: go on)."""
+        if not self.quota:
+            return 0.0
+        if self.slice_end < now:  # the (possibly stretched) slice is over: a new one
+            self.slice_start, self.slice_end, self.dispatched = now, now + self.SLICE, 0.0
+        self.dispatched += n
+        if self.dispatched < self.quota:
+            return 0.0
+        self.slice_end = self.slice_start + self.dispatched / self.quota * self.SLICE
+        return self.slice_end - now
+
+
 class Job:
     """Base class of every job type.  Subclass it and implement :meth:`run`.
 
@@ -62,6 +93,8 @@ class Job:
         self.id = job_id
         self.auto_finalize = auto_finalize
         self.auto_dismiss = auto_dismiss
+        self.limit = RateLimit()
+        self._speed = 0
         self.speed = speed
         self.status = "undefined"
         self.current_progress = 0
@@ -82,8 +115,6 @@ class Job:
         """Set by wake(); created here so that a wake-up sent before the job waits is kept."""
         self._task: asyncio.Task[None] | None = None
         self._ready_sent = False
-        self._slice_start = 0.0
-        self._slice_bytes = 0
 
     # -- what a job type implements --------------------------------------------------------
 
@@ -175,25 +206,37 @@ class Job:
         await self.pause_point()
 
     async def rate_limit(self, nbytes: int) -> None:
-        """Account for ``nbytes`` of work under ``speed`` (100 ms slices, as QEMU)."""
+        """``nbytes`` of work done: account for them under ``speed`` and sleep as long as the
+        limit says (block_job_ratelimit_processed_bytes + block_job_ratelimit_sleep)."""
         loop = asyncio.get_running_loop()
-        if self.speed <= 0:
-            self._slice_bytes = 0
-            await self.pause_point()
-            return
-        now = loop.time()
-        if now - self._slice_start >= 0.1:
-            self._slice_start, self._slice_bytes = now, 0
-        self._slice_bytes += nbytes
-        quota = max(1, self.speed // 10)
-        while self._slice_bytes > quota and self.speed > 0:
-            delay = self._slice_start + 0.1 * (self._slice_bytes // quota) - loop.time()
-            if delay <= 0:
-                break
+        self.limit.account(nbytes, loop.time())
+        while True:  # the delay is recomputed after every (possibly interrupted) sleep
+            delay = self.limit.account(0, loop.time())
             await self.sleep(delay)
-            if self.speed > 0:
-                quota = max(1, self.speed // 10)
+            if not delay or self.is_cancelled:
+                return
+
+    async def throttle(self) -> None:
+        """Before issuing more work: wait while the current slice's quota is used up (the
+        check block-copy makes before each chunk); a pause point."""
+        loop = asyncio.get_running_loop()
+        while (delay := self.limit.account(0, loop.time())) > 0:
+            await self.sleep(delay)
         await self.pause_point()
+
+    def dispatched(self, nbytes: int) -> None:
+        """Account for ``nbytes`` about to be issued (block-copy charges a chunk up front)."""
+        self.limit.account(nbytes, asyncio.get_running_loop().time())
+
+    @property
+    def speed(self) -> int:
+        """The rate limit in bytes per second (0: none)."""
+        return self._speed
+
+    @speed.setter
+    def speed(self, value: int) -> None:
+        self._speed = value
+        self.limit.set_speed(value)
 
     def block_event_data(self) -> dict[str, Any]:
         """``device, len, offset, speed, type`` as in BLOCK_JOB_* events."""
