@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__, config
 from .colo.guest import PATTERNS, Guest, Workload
+from .jobs.core import DEFAULT_SHUTDOWN_GRACE
 from .server import Access, Limits, Server, StartupError
 from .server.trace import Tracer
 from .tls import TlsFiles
@@ -67,6 +68,16 @@ def _natural(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError("expected a whole number (0 or more)")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("expected seconds between 0 and 3600, e.g. 5 or 2.5")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -138,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=_positive, default=Limits.max_output, metavar="BYTES",
                    help="unread output after which a client is disconnected "
                         f"(default {Limits.max_output})")
+    p.add_argument("--shutdown-grace", type=_seconds, default=DEFAULT_SHUTDOWN_GRACE,
+                   metavar="SECONDS",
+                   help="at quit or SIGTERM, how long all jobs together may take to end once "
+                        "cancelled before the daemon exits without them (default "
+                        f"{DEFAULT_SHUTDOWN_GRACE:g}; stuck I/O is never waited for)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="load a plug-in (a module name or a .py file) and call its "
                         "register(server); repeatable")
@@ -299,6 +315,7 @@ async def serve(args: argparse.Namespace) -> int:
                     limits=Limits(max_output=args.max_output, max_message=args.max_message),
                     guest=guest, incoming=args.incoming, paused=args.paused,
                     compat=args.qemu_compat, access=access, tracer=tracer, colo_tls=colo_tls)
+    server.jobs.shutdown_grace = args.shutdown_grace
     try:
         for spec in args.plugin:
             load_plugin(spec).register(server)

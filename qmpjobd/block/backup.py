@@ -7,7 +7,6 @@ otherwise), one chunk at a time, so the event loop stays free and pause, cancel 
 
 from __future__ import annotations
 
-import asyncio
 import errno as errnos
 import os
 from collections.abc import Callable
@@ -53,6 +52,8 @@ class BackupJob(Job):
         """Called once the job lets go of its nodes (the graph closes orphaned ones)."""
         self.owns_target = False
         """drive-backup opened the target itself and closes it when the job ends."""
+        self.files = [*source.files(), *target.files()]
+        """The files the worker threads use: closing them waits until a call returns."""
         src, dst = source.plain_file(), target.plain_file()
         self._fast = src is not None and dst is not None and hasattr(os, "copy_file_range")
 
@@ -73,7 +74,8 @@ class BackupJob(Job):
 
     async def run(self) -> None:
         await self.copy_all()
-        await asyncio.to_thread(self.target.flush)
+        # QEMU's backup does not flush the target; durability without delaying completion
+        self.io_background(self.target.flush, hold=self.files)
 
     async def copy_all(self) -> None:
         """One pass over the source, CHUNK by CHUNK, with progress, policies and speed.
@@ -95,7 +97,7 @@ class BackupJob(Job):
     async def _copy_with_policy(self, offset: int, n: int) -> None:
         while True:
             try:
-                await asyncio.to_thread(self._copy, offset, n)
+                await self.io(self._copy, offset, n, hold=self.files)
                 return
             except BlockIOError as e:
                 policy = self.on_source_error if e.operation == "read" else self.on_target_error
@@ -136,6 +138,8 @@ class BackupJob(Job):
             data = self.source.pread(offset, n)
         except OSError as e:
             raise BlockIOError("read", e.errno or errnos.EIO) from None
+        if self.is_cancelled:  # the read was stuck and the job has been cancelled meanwhile
+            return
         try:
             self.target.pwrite(offset, data)
         except OSError as e:

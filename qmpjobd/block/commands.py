@@ -87,6 +87,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
 
     def copy_command(cls: type[BackupJob], drive: bool) -> Any:
         def handler(args: dict[str, Any], session: Session) -> None:
+            jobs.check_accepting()
             if cls is not BackupJob:  # mirror does not drain
                 jobs.start(prepare(args, cls, drive))
                 return
@@ -105,6 +106,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         return handler
 
     def transaction(args: dict[str, Any], session: Session) -> None:
+        jobs.check_accepting()
         actions = args["actions"]
         grouped = args.get("properties", {}).get("completion-mode") == "grouped"
         txn = Txn() if grouped else None

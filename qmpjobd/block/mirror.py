@@ -7,7 +7,6 @@ nodes listed in ``replaces``), a soft ``block-job-cancel`` in READY finishes wit
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..jobs import JobCancelled
@@ -50,7 +49,7 @@ class MirrorJob(BackupJob):
 
     async def run(self) -> None:
         await self.copy_all()
-        await asyncio.to_thread(self.target.flush)  # mirror_flush() before READY
+        await self.io(self.target.flush, hold=self.files)  # mirror_flush() before READY
         self.set_ready()
         while not (self.completion_requested or self.cancelled):
             await self.sleep(0.1)  # in sync; a pause point for pause and cancel

@@ -15,18 +15,48 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import Any, ClassVar
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..protocol.errors import QMPError
 from ..schema import EventSink
 from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, VERB_ALLOWED
+from .workers import WORKERS
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
 CANCELED = "Operation canceled"
+SHUTTING_DOWN = "qmpjobd is shutting down: no new jobs are accepted"
+DEFAULT_SHUTDOWN_GRACE = 5.0
 JOB_EVENTS = "x-job-events"
 """The capability that turns on the generic JOB_* events."""
+
+
+class Holdable(Protocol):
+    """Something a worker thread uses that must not be released under it (a file)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def _holding(fn: Callable[..., T], args: tuple[Any, ...],
+             hold: Sequence[Holdable]) -> Callable[[], T]:
+    """``fn(*args)`` with each of ``hold`` held from now until the call returns."""
+    for h in hold:
+        h.hold()
+
+    def call() -> T:
+        try:
+            return fn(*args)
+        finally:
+            for h in hold:
+                h.release()
+    return call
 
 
 class JobError(Exception):
@@ -208,10 +238,9 @@ class Job:
     async def rate_limit(self, nbytes: int) -> None:
         """``nbytes`` of work done: account for them under ``speed`` and sleep as long as the
         limit says (block_job_ratelimit_processed_bytes + block_job_ratelimit_sleep)."""
-        loop = asyncio.get_running_loop()
-        self.limit.account(nbytes, loop.time())
+        self.limit.account(nbytes, time.monotonic())
         while True:  # the delay is recomputed after every (possibly interrupted) sleep
-            delay = self.limit.account(0, loop.time())
+            delay = self.limit.account(0, time.monotonic())
             await self.sleep(delay)
             if not delay or self.is_cancelled:
                 return
@@ -219,14 +248,13 @@ class Job:
     async def throttle(self) -> None:
         """Before issuing more work: wait while the current slice's quota is used up (the
         check block-copy makes before each chunk); a pause point."""
-        loop = asyncio.get_running_loop()
-        while (delay := self.limit.account(0, loop.time())) > 0:
+        while (delay := self.limit.account(0, time.monotonic())) > 0:
             await self.sleep(delay)
         await self.pause_point()
 
     def dispatched(self, nbytes: int) -> None:
         """Account for ``nbytes`` about to be issued (block-copy charges a chunk up front)."""
-        self.limit.account(nbytes, asyncio.get_running_loop().time())
+        self.limit.account(nbytes, time.monotonic())
 
     @property
     def speed(self) -> int:
@@ -237,6 +265,39 @@ class Job:
     def speed(self, value: int) -> None:
         self._speed = value
         self.limit.set_speed(value)
+
+    async def io(self, fn: Callable[..., T], *args: Any, hold: Sequence[Holdable] = ()) -> T:
+        """Run blocking ``fn(*args)`` in a worker thread and return its result.
+
+        A forced cancel ends the wait at once (JobCancelled), even when the call is stuck
+        (a frozen file system): the thread is abandoned and its result ignored.  Each of
+        ``hold`` is held until the call really returns, so that what it uses (a file
+        descriptor) is not closed under it.
+        """
+        fut = WORKERS.submit(_holding(fn, args, hold))
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.is_cancelled:
+                fut.cancel()
+                raise JobCancelled
+            waiter = loop.create_task(self._wait())
+            try:
+                await asyncio.wait((fut, waiter), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if fut.done():
+                return fut.result()
+
+    def io_background(self, fn: Callable[..., Any], *args: Any,
+                      hold: Sequence[Holdable] = ()) -> None:
+        """Start blocking ``fn(*args)`` in a worker thread without waiting for it (a
+        failure is logged); ``hold`` as for :meth:`io`."""
+        fut = WORKERS.submit(_holding(fn, args, hold))
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("job %s: background I/O failed: %s", self.id, f.exception())
+        fut.add_done_callback(done)
 
     def block_event_data(self) -> dict[str, Any]:
         """``device, len, offset, speed, type`` as in BLOCK_JOB_* events."""
@@ -264,6 +325,9 @@ class JobRegistry:
         self.jobs: list[Job] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._aborts: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
+        self.shutdown_grace = DEFAULT_SHUTDOWN_GRACE
+        """Seconds all jobs together get to end at quit or SIGTERM (--shutdown-grace)."""
 
     # -- lookup and creation ---------------------------------------------------------------
 
@@ -290,6 +354,7 @@ class JobRegistry:
 
     def create(self, job: Job, txn: Txn | None = None) -> None:
         """Register a new job in ``created`` (job_create)."""
+        self.check_accepting()
         if not _JOB_ID.match(job.id):
             raise QMPError(f"Invalid job ID '{job.id}'")
         if self.find(job.id) is not None:
@@ -577,13 +642,27 @@ class JobRegistry:
             self._update_rc(job)
         self._finalize_single(job)
 
-    async def cancel_all(self, grace: float = 30.0) -> None:
+    def shutdown(self) -> None:
+        """The daemon is going away (SHUTDOWN was sent): no new job from now on."""
+        self.shutting_down = True
+
+    def check_accepting(self) -> None:
+        """Refuse to start a job once shutting down (QEMU reads no command after quit)."""
+        if self.shutting_down:
+            raise QMPError(SHUTTING_DOWN)
+
+    async def cancel_all(self, grace: float | None = None) -> None:
         """quit / SIGTERM: force-cancel every job, newest first, and dismiss them all.
 
         As job_cancel_sync_all(): each job is cancelled and waited for in turn; a concluded
-        job is dismissed (a bare ``null``).  A job that ignores cancellation for ``grace``
-        seconds is dropped with a log line rather than holding the daemon up forever.
+        job is dismissed (a bare ``null``).  A forced cancel does not wait for I/O stuck in
+        the kernel (see :meth:`Job.io`); all jobs together get ``grace`` seconds (default
+        :attr:`shutdown_grace`), and those still running then (a plug-in that ignores
+        cancellation) are dropped with a log line rather than holding the daemon up.
         """
+        self.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.shutdown_grace if grace is None else grace)
         self.drain()
         while self.jobs:
             job = self.jobs[0]
@@ -593,9 +672,11 @@ class JobRegistry:
             if job.status != "aborting":
                 self.cancel(job, True)
             try:
-                await asyncio.wait_for(self._settled(job), grace)
+                await asyncio.wait_for(self._settled(job), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                log.error("job %s ignored cancellation for %.0f s; dropping it", job.id, grace)
+                log.error("job %s still running at the end of the %.1f s shutdown grace; "
+                          "dropping it", job.id, self.shutdown_grace if grace is None
+                          else grace)
                 if job._task is not None:
                     job._task.cancel()
                 if job in self.jobs:

@@ -251,6 +251,7 @@ class Server:
         if self._stopping is not None:
             return
         self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+        self.jobs.shutdown()  # no new job from here on, before any other request is read
 
         async def stop() -> None:
             self._end_replication()
