@@ -713,6 +713,40 @@ def test_query_right_after_start_of_speed_limited_backup(qemu: Daemon, daemon: D
 
 
 # ---------------------------------------------------------------------------------------------
+# 10. jobs that share a source: a drain when one ends pauses and resumes the others
+
+
+def script_shared_source_drains(r: Run) -> None:
+    for node in ("src", "src2", "d0", "d1", "d2", "d3"):
+        r.file_node(node, f"{node}.img")
+    slow = {"b0", "b1", "b2"}
+    # b0 copies another source; b1 and b2 copy src, rate limited so that they keep running
+    r.cmd("blockdev-backup", backup("src2", "d0", "b0", speed=MIB), vary=slow)
+    r.cmd("blockdev-backup", backup("src", "d1", "b1", speed=MIB), vary=slow)
+    r.cmd("blockdev-backup", backup("src", "d2", "b2", speed=MIB), vary=slow)
+    # b3 copies src at full speed: its start drains everything (oldest job first), its end
+    # drops its filter under b2's and b1's, which flicker; b0 does not
+    r.cmd("blockdev-backup", backup("src", "d3", "b3"), vary=slow)
+    r.status("b3", "null")
+    r.fact("d3.img == src.img", r.same("d3.img", "src.img"))
+    r.cmd("query-block-jobs", vary=True)
+    # cancelling the newer of two backups of src drains the older one; not the other way
+    r.cmd("job-cancel", {"id": "b2"}, vary=slow)
+    r.status("b2", "null")
+    r.cmd("job-cancel", {"id": "b0"}, vary=slow)
+    r.status("b0", "null")
+    r.cmd("job-cancel", {"id": "b1"}, vary=slow)
+    r.status("b1", "null")
+    r.cmd("query-jobs")
+
+
+def test_shared_source_drains_flicker_other_jobs(qemu: Daemon, daemon: Daemon,
+                                                 tmp_path: Path) -> None:
+    differential(qemu, daemon, tmp_path, images(src=16, src2=16, d0="16", d1="16", d2="16",
+                                                d3="16"), script_shared_source_drains)
+
+
+# ---------------------------------------------------------------------------------------------
 # the runner itself: a script that QEMU does not play to its end must fail the test
 
 

@@ -64,6 +64,7 @@ class BackupJob(Job):
         self.target.job_targets.add(self.job_type)
 
     def clean(self) -> None:
+        self._drop_filter()
         self.source.users.discard(self.id)
         self.target.users.discard(self.id)
         self.target.job_targets.discard(self.job_type)
@@ -71,6 +72,17 @@ class BackupJob(Job):
             self.target.close()
         if self.on_clean is not None:
             self.on_clean()
+
+    def _drop_filter(self) -> None:
+        """What QEMU 7.2 shows when a backup's copy-before-write filter leaves the graph:
+        the filters of older backups of the same source sit above it and are drained with
+        it, so those jobs (still running) flicker paused/running, newest first."""
+        reg = self.registry
+        if self.job_type != "backup" or reg is None or self not in reg.jobs:
+            return
+        older = reg.jobs[reg.jobs.index(self) + 1:]
+        reg.release(reg.quiesce(lambda j: j in older and j.job_type == "backup"
+                                and isinstance(j, BackupJob) and j.source is self.source))
 
     async def run(self) -> None:
         await self.copy_all()

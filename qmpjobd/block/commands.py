@@ -100,7 +100,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             try:
                 job = prepare(args, cls, drive)
                 jobs.start(job)
-                held += jobs.quiesce(lambda j: j is job)
+                held = jobs.quiesce(lambda j: j is job) + held  # it resumes first
             finally:
                 jobs.release(held)
         return handler

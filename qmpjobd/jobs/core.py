@@ -494,11 +494,11 @@ class JobRegistry:
         if job in self.jobs:
             self.jobs.remove(job)
 
-    def quiesce(self, only: Any = None) -> list[Job]:
+    def quiesce(self, only: Any = None, oldest_first: bool = False) -> list[Job]:
         """What a block-layer drain shows: running block jobs (all, or those ``only``
-        accepts) go ``paused`` (READY: ``standby``); user-paused jobs do not change.
-        Returns the jobs to :meth:`release` afterwards."""
-        held = [j for j in self.jobs
+        accepts) go ``paused`` (READY: ``standby``), newest first unless ``oldest_first``;
+        user-paused jobs do not change.  Returns the jobs to :meth:`release` afterwards."""
+        held = [j for j in (reversed(self.jobs) if oldest_first else self.jobs)
                 if j.is_block_job and j.started and j.pause_count == 0
                 and j.status in ("running", "ready") and (only is None or only(j))]
         for job in held:
@@ -506,13 +506,14 @@ class JobRegistry:
         return held
 
     def release(self, held: list[Job]) -> None:
-        """End a drain: the held jobs go back to ``running`` (or ``ready``)."""
+        """End a drain: the held jobs go back to ``running`` (or ``ready``), in order."""
         for job in held:
             self.transition(job, "ready" if job.status == "standby" else "running")
 
     def drain(self) -> None:
-        """A complete drain (blockdev-backup, quit): every running block job flickers."""
-        self.release(self.quiesce())
+        """A complete drain (blockdev-backup, quit): every running block job flickers,
+        oldest first (as QEMU 7.2's bdrv_drain_all shows it)."""
+        self.release(self.quiesce(oldest_first=True))
 
     # -- completion ------------------------------------------------------------------------
 
