@@ -73,6 +73,11 @@ class BackupJob(Job):
         if self.on_clean is not None:
             self.on_clean()
 
+    def drain_rank(self) -> int:
+        """A drain of all nodes reaches the job first through its target (the nodes it
+        reads from are reached through its filter, which is newer)."""
+        return self.target.serial
+
     def _drop_filter(self) -> None:
         """What QEMU 7.2 shows when a backup's copy-before-write filter leaves the graph:
         the filters of older backups of the same source sit above it and are drained with

@@ -7,6 +7,7 @@ the event loop never waits on a disk.  Errors are OSError with the errno QEMU wo
 from __future__ import annotations
 
 import errno as errnos
+import itertools
 import os
 import stat
 import threading
@@ -23,7 +24,11 @@ class BlockNode:
 
     driver = ""
 
+    _serials = itertools.count()
+
     def __init__(self, node_name: str, read_only: bool = False) -> None:
+        self.serial = next(self._serials)
+        """Creation order: QEMU walks nodes in this order when it drains them all."""
         self.node_name = node_name
         self.read_only = read_only
         self.children: list[BlockNode] = []

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -299,6 +300,10 @@ class Job:
                 log.warning("job %s: background I/O failed: %s", self.id, f.exception())
         fut.add_done_callback(done)
 
+    def drain_rank(self) -> int:
+        """Where the job comes in a drain of the whole block layer (its nodes' age)."""
+        return sys.maxsize
+
     def block_event_data(self) -> dict[str, Any]:
         """``device, len, offset, speed, type`` as in BLOCK_JOB_* events."""
         return {"device": self.id, "len": self.total_progress, "offset": self.current_progress,
@@ -494,13 +499,17 @@ class JobRegistry:
         if job in self.jobs:
             self.jobs.remove(job)
 
-    def quiesce(self, only: Any = None, oldest_first: bool = False) -> list[Job]:
+    def quiesce(self, only: Any = None, oldest_first: bool = False,
+                key: Callable[[Job], int] | None = None) -> list[Job]:
         """What a block-layer drain shows: running block jobs (all, or those ``only``
-        accepts) go ``paused`` (READY: ``standby``), newest first unless ``oldest_first``;
-        user-paused jobs do not change.  Returns the jobs to :meth:`release` afterwards."""
+        accepts) go ``paused`` (READY: ``standby``), newest first unless ``oldest_first``
+        (or in ``key`` order); user-paused jobs do not change.  Returns the jobs to
+        :meth:`release` afterwards."""
         held = [j for j in (reversed(self.jobs) if oldest_first else self.jobs)
                 if j.is_block_job and j.started and j.pause_count == 0
                 and j.status in ("running", "ready") and (only is None or only(j))]
+        if key is not None:
+            held.sort(key=key)
         for job in held:
             self.transition(job, "standby" if job.status == "ready" else "paused")
         return held
@@ -511,9 +520,11 @@ class JobRegistry:
             self.transition(job, "ready" if job.status == "standby" else "running")
 
     def drain(self) -> None:
-        """A complete drain (blockdev-backup, quit): every running block job flickers,
-        oldest first (as QEMU 7.2's bdrv_drain_all shows it)."""
-        self.release(self.quiesce(oldest_first=True))
+        """A complete drain (blockdev-backup): every running block job flickers, in the
+        order bdrv_drain_all reaches them (their nodes' age, :meth:`Job.drain_rank`).  In
+        QEMU a job busy with I/O at that moment pauses only after it, which qmpjobd, whose
+        jobs pause at once, does not reproduce."""
+        self.release(self.quiesce(key=lambda j: j.drain_rank()))
 
     # -- completion ------------------------------------------------------------------------
 
@@ -664,12 +675,16 @@ class JobRegistry:
         self.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.shutdown_grace if grace is None else grace)
-        self.drain()
+        # qemu_cleanup(): bdrv_drain_all_begin() pauses the running block jobs (in the order
+        # of the nodes they write to) and never ends; cancelling a job resumes it
+        held = self.quiesce(key=lambda j: j.drain_rank())
         while self.jobs:
             job = self.jobs[0]
             if job.status == "concluded":
                 self.dismiss_now(job)
                 continue
+            if job in held and job.status in ("paused", "standby"):
+                self.release([job])
             if job.status != "aborting":
                 self.cancel(job, True)
             try:
