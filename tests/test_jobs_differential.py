@@ -770,6 +770,91 @@ def test_quit_with_three_backups(qemu: Daemon, daemon: Daemon, tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------
+# 11. a failing grouped transaction: one global event order, the same on every run
+
+REPEATS = 20
+
+
+def events_of(run: Run) -> list[str]:
+    """Every event of a run in arrival order (canonical, volatile counts masked)."""
+    return [_canon(m, step, run.root) for step in run.steps for m in step.msgs
+            if isinstance(m, dict) and "event" in m]
+
+
+def repeated(qemu: Daemon, daemon: Daemon, tmp_path: Path, files: dict[str, bytes | int],
+             script: Script, repeats: int = REPEATS) -> None:
+    """Run ``script`` ``repeats`` times on QEMU and then on qmpjobd (one connection each
+    time; the script removes its nodes at the end).  QEMU must complete it and give one
+    event order every time (else the scenario is not deterministic enough to compare),
+    and qmpjobd must give that same order every time."""
+    orders: dict[str, list[list[str]]] = {}
+    for name, server in (("QEMU 7.2", qemu), ("qmpjobd", daemon)):
+        root = tmp_path / name.split()[0].lower()
+        root.mkdir()
+        for fname, content in files.items():
+            with open(root / fname, "wb") as f:
+                if isinstance(content, int):
+                    f.truncate(content)
+                else:
+                    f.write(content)
+        orders[name] = []
+        for i in range(repeats):
+            run = Run(server.path, root)
+            try:
+                script(run)
+            except Abandoned:
+                pytest.fail(f"{name} did not complete run {i + 1} of {script.__name__} "
+                            f"(abandoned at {run.steps[-1].label!r})", pytrace=False)
+            finally:
+                run.close()
+            orders[name].append(events_of(run))
+    reference = orders["QEMU 7.2"][0]
+    for name, runs in orders.items():
+        for i, order in enumerate(runs):
+            if order != reference:
+                pytest.fail(f"{name} run {i + 1} of {repeats}: event order differs from QEMU "
+                            "7.2's first run:\n  QEMU:    " + " | ".join(map(_short, reference))
+                            + f"\n  {name}: " + " | ".join(map(_short, order)), pytrace=False)
+
+
+def _grouped_failure_script(failing: str) -> Script:
+    """b1 and b2 in one grouped transaction: the ``failing`` one reads through blkdebug
+    and fails on its first read, the other is rate limited and surely still running."""
+    def script(r: Run) -> None:
+        r.file_node("big", "big.img")
+        r.file_node("dstbig", "dstbig.img")
+        r.file_node("src", "src.img")
+        dev = blkdebug_raw(r)
+        r.file_node("dst", "dst.img")
+        flags = {"auto-dismiss": False}
+        data = {job: (backup(dev, "dst", job, **flags) if job == failing else
+                      backup("big", "dstbig", job, speed=MIB, **flags)) for job in ("b1", "b2")}
+        r.cmd("transaction", {"actions": [
+            {"type": "blockdev-backup", "data": data["b1"]},
+            {"type": "blockdev-backup", "data": data["b2"]},
+        ], "properties": {"completion-mode": "grouped"}}, vary=True, signal=True)
+        r.statuses(("b1", "concluded"), ("b2", "concluded"))
+        r.cmd("query-jobs", vary=True)
+        r.cmd("job-dismiss", {"id": "b1"})
+        r.cmd("job-dismiss", {"id": "b2"})
+        for node in ("dst", "dbgraw", "dbg", "src", "dstbig", "big"):
+            r.cmd("blockdev-del", {"node-name": node})
+    script.__name__ = f"grouped_failure_of_{failing}"
+    return script
+
+
+@pytest.mark.parametrize("failing", ["b2", "b1"])
+def test_grouped_failure_event_order_is_stable(qemu: Daemon, daemon: Daemon, tmp_path: Path,
+                                               failing: str) -> None:
+    """The failing member's end and the cancelled member's end never interleave: members
+    are finalized newest first, each still running one only woken in its turn (the
+    cancelled job's ``aborting`` used to come before the failed one's COMPLETED now and
+    then)."""
+    repeated(qemu, daemon, tmp_path, images(big=16, dstbig="16", src=4, dst="4"),
+             _grouped_failure_script(failing))
+
+
+# ---------------------------------------------------------------------------------------------
 # the runner itself: a script that QEMU does not play to its end must fail the test
 
 

@@ -616,6 +616,10 @@ class JobRegistry:
             self.dismiss_now(job)
 
     def _txn_abort(self, job: Job) -> None:
+        """job_completed_txn_abort(): every other member is cancelled (forced); then members
+        newest first are finalized, each still running one after it has been woken and has
+        ended.  Members are only woken in their turn, so the order of the events does not
+        depend on what the other jobs are doing at that moment (as in QEMU 7.2)."""
         txn = job.txn
         if txn.aborting:
             return
@@ -623,15 +627,15 @@ class JobRegistry:
         for other in list(txn.jobs):
             if other is not job:
                 self._cancel_async(other, True)
-                other.wake()
-        if any(self._still_running(j) for j in txn.jobs):
-            task = asyncio.get_running_loop().create_task(self._abort_async(txn))
-            for pool in (self._tasks, self._aborts):
-                pool.add(task)
-                task.add_done_callback(pool.discard)
-        else:
-            while txn.jobs:
-                self._abort_one(txn.jobs[0])
+        while txn.jobs:
+            other = txn.jobs[0]
+            if self._still_running(other):
+                task = asyncio.get_running_loop().create_task(self._abort_async(txn))
+                for pool in (self._tasks, self._aborts):
+                    pool.add(task)
+                    task.add_done_callback(pool.discard)
+                return
+            self._abort_one(other)
 
     @staticmethod
     def _still_running(job: Job) -> bool:
@@ -639,11 +643,13 @@ class JobRegistry:
                 and not job._task.done())
 
     async def _abort_async(self, txn: Txn) -> None:
-        """Members newest first: each still running one is driven to its end (it then shows
-        ``aborting``) before it is finalized, as job_completed_txn_abort() does."""
+        """The rest of :meth:`_txn_abort` from the first member still running: each such
+        member is woken and driven to its end (it then shows ``aborting``) before it is
+        finalized (job_finish_sync)."""
         while txn.jobs:
             other = txn.jobs[0]
             if self._still_running(other) and other._task is not None:
+                other.wake()
                 await asyncio.wait([other._task])
             if txn.jobs and txn.jobs[0] is other:
                 self._abort_one(other)
