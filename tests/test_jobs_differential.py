@@ -717,8 +717,11 @@ def test_query_right_after_start_of_speed_limited_backup(qemu: Daemon, daemon: D
 # 10. jobs that share a source: a drain when one ends pauses and resumes the others
 
 
+SHARED_NODES = ("src", "src2", "d0", "d1", "d2", "d3")
+
+
 def script_shared_source_drains(r: Run) -> None:
-    for node in ("src", "src2", "d0", "d1", "d2", "d3"):
+    for node in SHARED_NODES:
         r.file_node(node, f"{node}.img")
     slow = {"b0", "b1", "b2"}
     # b0 copies another source; b1 and b2 copy src, rate limited so that they keep running
@@ -745,6 +748,18 @@ def test_shared_source_drains_flicker_other_jobs(qemu: Daemon, daemon: Daemon,
                                                  tmp_path: Path) -> None:
     differential(qemu, daemon, tmp_path, images(src=16, src2=16, d0="16", d1="16", d2="16",
                                                 d3="16"), script_shared_source_drains)
+
+
+def script_shared_source_drains_and_clean_up(r: Run) -> None:
+    script_shared_source_drains(r)
+    for node in reversed(SHARED_NODES):
+        r.cmd("blockdev-del", {"node-name": node})
+
+
+def test_shared_source_drains_in_one_order_every_time(qemu: Daemon, daemon: Daemon,
+                                                     tmp_path: Path) -> None:
+    repeated(qemu, daemon, tmp_path, images(src=16, src2=16, d0="16", d1="16", d2="16",
+                                            d3="16"), script_shared_source_drains_and_clean_up)
 
 
 def script_quit_with_three_backups(r: Run) -> None:
