@@ -26,12 +26,24 @@ RUN groupadd --system --gid 10001 qmpjobd \
         --home-dir /nonexistent --shell /usr/sbin/nologin qmpjobd \
  && install -d -m 0755 -o 10001 -g 10001 /run/qmpjobd
 
+# Where pip finds packages, and extra CA certificates (PEM text, one or more) that pip must
+# trust while building, for a proxy that re-signs TLS:
+#   docker build --build-arg EXTRA_CA_CERT="$(cat proxy-ca.pem)" -t qmpjobd .
+# The certificates serve this build's pip only: they are not left in the image.
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG EXTRA_CA_CERT=
+
 # orjson and uvloop come from pyproject.toml's dependencies (binary wheels on PyPI).
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY qmpjobd ./qmpjobd
-RUN pip install --no-cache-dir . \
- && rm -rf /src/build /src/*.egg-info \
+RUN if [ -n "$EXTRA_CA_CERT" ]; then \
+        cat /etc/ssl/certs/ca-certificates.crt > /tmp/build-ca.pem \
+     && printf '%s\n' "$EXTRA_CA_CERT" >> /tmp/build-ca.pem \
+     && export PIP_CERT=/tmp/build-ca.pem; \
+    fi \
+ && pip install --no-cache-dir . \
+ && rm -rf /src/build /src/*.egg-info /tmp/build-ca.pem \
  && python3 -c "import orjson, uvloop, qmpjobd.health"
 WORKDIR /
 

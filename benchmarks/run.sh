@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
-# Measure qmpjobd against QEMU 7.2 and the floor servers with the shared harness, interleaved
-# on this machine, then print the tables. Needs ../shared/bench (next to this checkout),
-# qemu-system-x86_64, gcc, orjson and uvloop. Takes about 12 minutes with --reps 3.
-#   benchmarks/run.sh [--reps N] [--modes rtt,pipeline,...] [--servers qemu1,qemu52,uv,...]
+# Measure qmpjobd against QEMU 7.2 and the floor server (benchmarks/floor.py), interleaved on
+# this machine, and print the tables. Needs only this repository, python3 with orjson (uvloop
+# when installed) and qemu-system-x86_64 (.ci/run installs all of them).
+#   benchmarks/run.sh [--reps N] [--quick] [--modes rtt,pipeline,...] [--servers qemu,floor,qmpjobd]
+# --quick: tiny counts, a smoke run of a few seconds; a full run with --reps 3 takes ~5 min.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bench=${QMPBENCH:-$here/../../shared/bench}
-[ -d "$bench" ] || bench=$here/../shared/bench
-out=${OUT:-$here/perf-raw.jsonl}
-sock=/tmp/qmpjobd-bench.sock
-python3 "$bench/run_suite.py" --out "$out" "$@" \
-  --add "qmpjobd=$sock=$(command -v python3) -m qmpjobd --socket $sock --log-level warning"
-python3 "$bench/summarize.py" "$out"
+# OUT=FILE appends one JSON line per run to FILE.
+exec python3 "$here/qmpbench.py" ${OUT:+--out "$OUT"} "$@"

@@ -1,8 +1,10 @@
 """Follow a backup job to completion with qemu.qmp: add two file nodes, start blockdev-backup,
 print its progress from query-jobs on each status change, and wait for BLOCK_JOB_COMPLETED.
 
-    qmpjobd --socket /tmp/qmpjobd.sock &
-    python3 examples/backup_follow.py /tmp/qmpjobd.sock [SIZE_MIB]
+    qmpjobd &
+    python3 examples/backup_follow.py [SOCKET [SIZE_MIB]]
+
+SOCKET defaults to the daemon's own default (``python3 -m qmpjobd.paths`` prints it).
 
 The source and target files are created in a temporary directory and removed afterwards.
 """
@@ -15,6 +17,8 @@ import sys
 import tempfile
 
 from qemu.qmp import QMPClient
+
+from qmpjobd.paths import default_socket
 
 
 async def main(path: str, size_mib: int) -> int:
@@ -53,12 +57,13 @@ async def main(path: str, size_mib: int) -> int:
         await qmp.execute("blockdev-del", {"node-name": "dst"})
         await qmp.execute("blockdev-del", {"node-name": "src"})
         await qmp.disconnect()
-        same = open(src, "rb").read() == open(dst, "rb").read()
+        with open(src, "rb") as a, open(dst, "rb") as b:
+            same = a.read() == b.read()
         print("target equals source" if same else "target DIFFERS from source")
         return 0 if same and completed is not None and "error" not in completed else 1
 
 
 if __name__ == "__main__":
-    sock = sys.argv[1] if len(sys.argv) > 1 else "/tmp/qmpjobd.sock"
+    sock = sys.argv[1] if len(sys.argv) > 1 else default_socket()
     mib = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     sys.exit(asyncio.run(main(sock, mib)))

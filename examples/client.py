@@ -1,7 +1,9 @@
 """Drive a running qmpjobd with qemu.qmp: query status, stop and resume, watch the events.
 
-    qmpjobd --socket /tmp/qmpjobd.sock &
-    python3 examples/client.py /tmp/qmpjobd.sock
+    qmpjobd &
+    python3 examples/client.py [SOCKET]
+
+SOCKET defaults to the daemon's own default (``python3 -m qmpjobd.paths`` prints it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import sys
 
 from qemu.qmp import QMPClient
+
+from qmpjobd.paths import default_socket
 
 
 async def main(path: str) -> None:
@@ -26,4 +30,4 @@ async def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/qmpjobd.sock"))
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else default_socket()))

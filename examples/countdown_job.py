@@ -35,9 +35,9 @@ class Countdown(Job):
             self.set_progress(step)
 
 
-def register(server: Any) -> None:
+def register(vm: Any) -> None:
     """Called by ``qmpjobd --plugin``: declare the start command and its job type."""
     add_job_command(
-        server.registry, server.jobs, "x-countdown", Countdown.job_type,
+        vm.registry, vm.jobs, "x-countdown", Countdown.job_type,
         {"steps": "int", "*interval": "number", "*fail-at": "int"},
         lambda a: Countdown(a["job-id"], a["steps"], a.get("interval", 0.01), a.get("fail-at")))

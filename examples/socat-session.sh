@@ -1,6 +1,7 @@
 #!/bin/sh
 # A raw QMP conversation with socat: negotiate, ask for the status, stop (STOP event first).
-SOCK=${1:-/tmp/qmpjobd.sock}
+# SOCKET (the first argument) defaults to the daemon's own default socket.
+SOCK=${1:-$(python3 -m qmpjobd.paths)}
 printf '%s\n' \
   '{"execute":"qmp_capabilities"}' \
   '{"execute":"query-status","id":1}' \

@@ -7,8 +7,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import grp
-import importlib
-import importlib.util
 import logging
 import os
 import pwd
@@ -19,26 +17,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, config
+from . import __version__, config, plugins
+from .address import AddressError, parse_host_port
 from .colo.guest import PATTERNS, Guest, Workload
 from .jobs.core import DEFAULT_SHUTDOWN_GRACE
+from .paths import default_socket
 from .server import Access, Limits, Server, StartupError
 from .server.trace import Tracer
 from .tls import TlsFiles
+from .vm import Vm
 
 log = logging.getLogger("qmpjobd")
-
-DEFAULT_SOCKET = "/run/qmpjobd/qmpjobd.sock" if os.geteuid() == 0 else ""
-
-
-def default_socket() -> str:
-    """$XDG_RUNTIME_DIR/qmpjobd.sock, else /tmp/qmpjobd-$UID.sock (/run/qmpjobd for root)."""
-    if DEFAULT_SOCKET:
-        return DEFAULT_SOCKET
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "qmpjobd.sock")
-    return f"/tmp/qmpjobd-{os.geteuid()}.sock"
 
 
 def _version_triple(text: str) -> tuple[int, int, int]:
@@ -49,10 +38,10 @@ def _version_triple(text: str) -> tuple[int, int, int]:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:4444")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(text)
+    except AddressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _size(text: str) -> int:
@@ -70,20 +59,20 @@ def _natural(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError("expected a positive whole number")
+    return int(text)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError("expected seconds between 0 and 3600, e.g. 5 or 2.5")
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError("expected a number of seconds (0 or more)")
     return value
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError("expected a positive whole number")
-    return int(text)
 
 
 class OctalMode(int):
@@ -107,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for --help in the README)."""
     p = argparse.ArgumentParser(
         prog="qmpjobd",
-        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.")
+        description="A QMP daemon that behaves like QEMU 7.2's monitor and serves many clients.",
+        epilog="subcommand: 'qmpjobd watch [SOCKET] [--once]' is a live view of a running "
+               "daemon's jobs, COLO state and events (see 'qmpjobd watch --help').")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a TOML file (keys are these long option names; "
                         "flags override it)")
@@ -149,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=_positive, default=Limits.max_output, metavar="BYTES",
                    help="unread output after which a client is disconnected "
                         f"(default {Limits.max_output})")
+    p.add_argument("--max-total-output", type=_positive, default=Limits.max_total_output,
+                   metavar="BYTES",
+                   help="unread output of all clients together above which the largest "
+                        f"non-reading clients are disconnected (default "
+                        f"{Limits.max_total_output})")
+    p.add_argument("--max-clients", type=_natural, default=0, metavar="N",
+                   help="clients served at once; more are closed at once (default 0: no "
+                        "limit, as QEMU)")
+    p.add_argument("--negotiation-timeout", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="close a client that has not sent qmp_capabilities within this time "
+                        "(default 0: never, as QEMU)")
     p.add_argument("--shutdown-grace", type=_seconds, default=DEFAULT_SHUTDOWN_GRACE,
                    metavar="SECONDS",
                    help="at quit or SIGTERM, how long all jobs together may take to end once "
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_SHUTDOWN_GRACE:g}; stuck I/O is never waited for)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="load a plug-in (a module name or a .py file) and call its "
-                        "register(server); repeatable")
+                        "register(vm); repeatable")
     g = p.add_argument_group("guest and COLO")
     g.add_argument("--incoming", metavar="URI", default=None,
                    help="wait for an incoming migration: tcp:HOST:PORT, unix:PATH or defer "
@@ -198,19 +200,6 @@ def tune_malloc() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 256 * 1024)
     mallopt(m_trim_threshold, 1024 * 1024)
-
-
-def load_plugin(spec: str) -> Any:
-    """Import a plug-in given as a module name or a path to a .py file."""
-    if spec.endswith(".py") or os.sep in spec:
-        name = "qmpjobd_plugin_" + os.path.splitext(os.path.basename(spec))[0]
-        loader = importlib.util.spec_from_file_location(name, spec)
-        if loader is None or loader.loader is None:
-            raise ImportError(f"cannot load {spec}")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-        return module
-    return importlib.import_module(spec)
 
 
 def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
@@ -311,20 +300,24 @@ async def serve(args: argparse.Namespace) -> int:
     guest = Guest(args.guest_ram, Workload(args.workload_rate, args.workload_pattern,
                                            args.workload_seed),
                   device_size=args.device_state_size, side=1)
-    server = Server(version=args.qemu_version, package=package, name=args.name,
-                    limits=Limits(max_output=args.max_output, max_message=args.max_message),
-                    guest=guest, incoming=args.incoming, paused=args.paused,
-                    compat=args.qemu_compat, access=access, tracer=tracer, colo_tls=colo_tls)
-    server.jobs.shutdown_grace = args.shutdown_grace
+    vm = Vm(version=args.qemu_version, package=package, name=args.name, guest=guest,
+            incoming=args.incoming, paused=args.paused, compat=args.qemu_compat,
+            colo_tls=colo_tls)
+    vm.jobs.shutdown_grace = args.shutdown_grace
     try:
-        for spec in args.plugin:
-            load_plugin(spec).register(server)
-    except Exception as e:  # a broken plug-in: say which and why, then exit 1
-        log.error("cannot load plug-in: %s: %s", type(e).__name__, e)
+        plugins.register_all(args.plugin, vm)
+    except plugins.PluginError as e:
+        log.error("%s", e)
         return 1
+    server = Server(vm, limits=Limits(max_output=args.max_output, max_message=args.max_message,
+                                      max_total_output=args.max_total_output,
+                                      max_clients=args.max_clients,
+                                      negotiation_timeout=args.negotiation_timeout),
+                    access=access, tracer=tracer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.signal_stop, sig.name)
+        loop.add_signal_handler(sig, vm.signal_stop, sig.name)
+    vm.start()
     try:
         activated = activated_sockets()
         for sock in activated:
@@ -343,12 +336,14 @@ async def serve(args: argparse.Namespace) -> int:
     except StartupError as e:
         log.error("%s", e)
         await server.close()
+        vm.close()
         return 1
     sd_notify("READY=1")
-    await server.stopped.wait()
+    await vm.stopped.wait()
     sd_notify("STOPPING=1")
     await server.close()
-    log.info("stopped (%s)", server.exit_reason)
+    vm.close()
+    log.info("stopped (%s)", vm.exit_reason)
     return 0
 
 

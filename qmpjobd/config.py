@@ -13,10 +13,13 @@ import json
 import tomllib
 from typing import Any
 
+from .errors import QmpjobdError
+from .paths import default_socket
+
 NOT_IN_FILE = frozenset(("help", "version", "config", "print_config"))
 
 
-class ConfigError(Exception):
+class ConfigError(QmpjobdError):
     """The file cannot be used; the message names the file, the key and the reason."""
 
 
@@ -88,7 +91,10 @@ def render(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     lines = ["# qmpjobd effective configuration"]
     for key, action in _options(parser).items():
         value = getattr(args, action.dest)
-        if value is None:
+        if value is None and key == "socket":
+            lines.append(f"# socket = {_toml(default_socket())}  (not set: this default, or "
+                         "the sockets systemd passes)")
+        elif value is None:
             lines.append(f"# {key} = (not set)")
         else:
             lines.append(f"{key} = {_toml(value)}")

@@ -14,8 +14,8 @@ accepts but never greets or never answers is reported within it. Events the daem
 meanwhile (STOP/RESUME at every COLO checkpoint, for instance) are skipped. The run state is
 reported, not judged: a paused guest is still a healthy daemon.
 
-Standard library only; it does not import the daemon's modules unless SOCKET is omitted (then
-the daemon's own default, ``qmpjobd.cli.default_socket()``, is used).
+It uses qmpjobd's blocking QMP client (``qmpjobd.client``) and imports no daemon code; without
+SOCKET it checks the daemon's own default, ``qmpjobd.paths.default_socket()``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from .address import Address, AddressError, parse_host_port
+from .client import GREETING, Client, ClientError, short
+from .errors import QmpjobdError
+from .paths import default_socket
+
 DEFAULT_TIMEOUT = 3.0
-MAX_LINE = 1 << 20
-"""Longest message accepted (a greeting or a query-status reply is a few hundred bytes)."""
 STATUS_ID = "qmpjobd-health"
 
 
-class Unhealthy(Exception):
+class Unhealthy(QmpjobdError):
     """The check failed; the message is the one-line reason."""
 
 
@@ -47,10 +50,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:4444")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(text)
+    except AddressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> float:
@@ -76,71 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _short(data: bytes | str, limit: int = 60) -> str:
-    """A one-line, bounded rendering of something the peer sent."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = text.strip()
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-class _Conn:
-    """A socket with one deadline for everything, reading CRLF/LF-terminated JSON lines."""
-
-    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
-        self.sock = sock
-        self.deadline = deadline
-        self.timeout = timeout
-        self.buf = b""
-
-    def _remaining(self, what: str) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise Unhealthy(f"timed out after {self.timeout:g}s waiting for {what}")
-        return left
-
-    def send(self, obj: dict[str, Any], what: str) -> None:
-        self.sock.settimeout(self._remaining(what))
-        try:
-            self.sock.sendall(json.dumps(obj).encode() + b"\n")
-        except TimeoutError:
-            raise Unhealthy(f"timed out after {self.timeout:g}s sending {what}") from None
-        except OSError as e:
-            raise Unhealthy(f"connection lost sending {what}: {e.strerror or e}") from None
-
-    def recv(self, what: str) -> Any:
-        """The next message; ``what`` names it in failure reasons."""
-        while b"\n" not in self.buf:
-            if len(self.buf) > MAX_LINE:
-                raise Unhealthy(f"{what}: no end of line after {MAX_LINE} bytes")
-            self.sock.settimeout(self._remaining(what))
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                raise Unhealthy(f"timed out after {self.timeout:g}s waiting for {what}") from None
-            except OSError as e:
-                raise Unhealthy(f"connection lost waiting for {what}: {e.strerror or e}") from None
-            if not chunk:
-                extra = f" (got {_short(self.buf)})" if self.buf.strip() else ""
-                raise Unhealthy(f"connection closed before {what}{extra}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            return json.loads(line)
-        except ValueError:
-            raise Unhealthy(f"garbage instead of {what}: {_short(line)}") from None
-
-    def reply(self, what: str, msg_id: str | None = None) -> Any:
-        """The next message that is not an event (and carries ``msg_id`` if given)."""
-        while True:
-            msg = self.recv(what)
-            if isinstance(msg, dict) and "event" in msg:
-                continue
-            if msg_id is not None and isinstance(msg, dict) and "id" in msg \
-                    and msg["id"] != msg_id:
-                continue  # not the reply we wait for (cannot happen on a fresh connection)
-            return msg
-
-
 def _error_text(msg: Any) -> str | None:
     """'Class: desc' for a QMP error reply, else None."""
     if isinstance(msg, dict) and isinstance(msg.get("error"), dict):
@@ -149,66 +87,55 @@ def _error_text(msg: Any) -> str | None:
     return None
 
 
-def _connect(target: str | tuple[str, int], timeout: float) -> socket.socket:
-    if isinstance(target, str):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(target)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    where = f"{target[0]}:{target[1]}"
-    try:
-        return socket.create_connection(target, timeout=timeout)
-    except socket.gaierror as e:
-        raise Unhealthy(f"cannot resolve {where}: {e.strerror or e}") from None
-
-
 def check(target: str | tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> str:
     """Run the handshake; returns the run state, raises :class:`Unhealthy`."""
-    where = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
-    deadline = time.monotonic() + timeout
+    if isinstance(target, str):
+        addr, where = Address("unix", path=target), target
+    else:
+        addr, where = Address("tcp", host=target[0], port=target[1]), f"{target[0]}:{target[1]}"
+    client = Client(addr, deadline=time.monotonic() + timeout, connect=False)
     try:
-        sock = _connect(target, timeout)
-    except Unhealthy:
-        raise
-    except FileNotFoundError:
-        raise Unhealthy(f"no socket at {where} (daemon not started, or stopped)") from None
-    except ConnectionRefusedError:
-        raise Unhealthy(f"connection refused on {where} (nothing listening)") from None
-    except PermissionError:
-        raise Unhealthy(f"permission denied on {where} (the socket is mode 0600: "
-                        "run the check as the daemon's user)") from None
-    except TimeoutError:
-        raise Unhealthy(f"timed out after {timeout:g}s connecting to {where}") from None
-    except OSError as e:
-        raise Unhealthy(f"cannot connect to {where}: {e.strerror or e}") from None
-    with sock:
-        conn = _Conn(sock, deadline, timeout)
-        greeting = conn.recv("the greeting")
-        qmp = greeting.get("QMP") if isinstance(greeting, dict) else None
-        if not isinstance(qmp, dict) or not isinstance(qmp.get("version"), dict):
-            raise Unhealthy(f"not a QMP greeting: {_short(json.dumps(greeting))}")
+        try:
+            client.sock = addr.connect(timeout)
+        except socket.gaierror as e:
+            raise Unhealthy(f"cannot resolve {where}: {e.strerror or e}") from None
+        except FileNotFoundError:
+            raise Unhealthy(f"no socket at {where} (daemon not started, or stopped)") from None
+        except ConnectionRefusedError:
+            raise Unhealthy(f"connection refused on {where} (nothing listening)") from None
+        except PermissionError:
+            raise Unhealthy(f"permission denied on {where} (the socket is mode 0600: "
+                            "run the check as the daemon's user)") from None
+        except TimeoutError:
+            raise Unhealthy(f"timed out after {timeout:g}s connecting to {where}") from None
+        except OSError as e:
+            raise Unhealthy(f"cannot connect to {where}: {e.strerror or e}") from None
+        return _converse(client)
+    except TimeoutError as e:
+        raise Unhealthy(f"timed out after {timeout:g}s waiting for {e}") from None
+    except ClientError as e:
+        raise Unhealthy(str(e)) from None
+    finally:
+        client.close()
 
-        conn.send({"execute": "qmp_capabilities"}, "qmp_capabilities")
-        reply = conn.reply("the reply to qmp_capabilities")
-        if reply != {"return": {}}:
-            err = _error_text(reply)
-            raise Unhealthy(f"qmp_capabilities failed: {err}" if err is not None
-                            else f"unexpected reply to qmp_capabilities: "
-                                 f"{_short(json.dumps(reply))}")
 
-        conn.send({"execute": "query-status", "id": STATUS_ID}, "query-status")
-        reply = conn.reply("the reply to query-status", STATUS_ID)
+def _converse(client: Client) -> str:
+    while client.proto.greeting is None:
+        client.receive(GREETING)
+    reply = client.execute("qmp_capabilities", with_id=False)
+    if reply != {"return": {}}:
         err = _error_text(reply)
-        if err is not None:
-            raise Unhealthy(f"query-status failed: {err}")
-        ret = reply.get("return") if isinstance(reply, dict) else None
-        if not isinstance(ret, dict) or not isinstance(ret.get("status"), str):
-            raise Unhealthy(f"unexpected reply to query-status: {_short(json.dumps(reply))}")
-        return str(ret["status"])
+        raise Unhealthy(f"qmp_capabilities failed: {err}" if err is not None
+                        else f"unexpected reply to qmp_capabilities: "
+                             f"{short(json.dumps(reply))}")
+    reply = client.execute("query-status", msg_id=STATUS_ID)
+    err = _error_text(reply)
+    if err is not None:
+        raise Unhealthy(f"query-status failed: {err}")
+    ret = reply.get("return") if isinstance(reply, dict) else None
+    if not isinstance(ret, dict) or not isinstance(ret.get("status"), str):
+        raise Unhealthy(f"unexpected reply to query-status: {short(json.dumps(reply))}")
+    return str(ret["status"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.socket is not None:
         target = args.socket
     else:
-        from .cli import default_socket
         target = default_socket()
     try:
         status = check(target, args.timeout)

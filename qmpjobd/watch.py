@@ -29,6 +29,10 @@ from typing import Any, TextIO
 
 import orjson
 
+from .address import Address
+from .client import AsyncClient, ClientError, ConnectionClosed
+from .paths import default_socket
+
 COALESCE = 0.1
 """Minimum time between two state refreshes (and two redraws), in seconds."""
 
@@ -69,116 +73,6 @@ STATUS_STYLE = {"running": GREEN, "ready": GREEN, "created": CYAN, "paused": YEL
                 "concluded": DIM, "null": DIM, "prelaunch": YELLOW, "inmigrate": CYAN,
                 "postmigrate": YELLOW, "colo": CYAN, "shutdown": RED,
                 "internal-error": RED, "io-error": RED, "guest-panicked": RED}
-
-
-# -- QMP client ------------------------------------------------------------------------------
-
-class ConnectionClosed(Exception):
-    """The daemon closed the connection (or it broke)."""
-
-
-class QMPClient:
-    """A minimal QMP client: pipelined commands matched by id, events to a callback."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.greeting: dict[str, Any] = {}
-        self.closed = asyncio.Event()
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._next_id = 0
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def connect(cls, path: str) -> QMPClient:
-        """Connect, read the greeting and negotiate (with x-job-events when offered)."""
-        reader, writer = await asyncio.open_unix_connection(path, limit=64 << 20)
-        client = cls(reader, writer)
-        try:
-            line = await asyncio.wait_for(reader.readline(), GREETING_TIMEOUT)
-            greeting = orjson.loads(line) if line.strip() else None
-            if not isinstance(greeting, dict) or not isinstance(greeting.get("QMP"), dict):
-                raise ConnectionClosed("no QMP greeting")
-            client.greeting = greeting["QMP"]
-            client._task = asyncio.get_running_loop().create_task(client._read_loop())
-            offered = client.greeting.get("capabilities") or []
-            args = {"enable": ["x-job-events"]} if "x-job-events" in offered else None
-            reply = await asyncio.wait_for(client.call("qmp_capabilities", args),
-                                           GREETING_TIMEOUT)
-            if "error" in reply:
-                raise ConnectionClosed(f"qmp_capabilities: {reply['error'].get('desc')}")
-        except (TimeoutError, orjson.JSONDecodeError, ValueError) as e:
-            await client.close()
-            raise ConnectionClosed(f"bad QMP handshake: {e or type(e).__name__}") from None
-        except BaseException:
-            await client.close()
-            raise
-        return client
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                line = await self.reader.readline()
-                if not line:
-                    break
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    msg = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(msg, dict):
-                    continue
-                if "event" in msg:
-                    self.events.put_nowait(msg)
-                    continue
-                msg_id = msg.get("id")
-                fut = self._pending.pop(msg_id, None) if isinstance(msg_id, str) else None
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
-        except (OSError, ValueError):  # reset by peer, or a line past the stream limit
-            pass
-        finally:
-            self.closed.set()
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionClosed("connection closed"))
-            self._pending.clear()
-
-    def send(self, name: str, args: dict[str, Any] | None = None) -> asyncio.Future[dict[str, Any]]:
-        """Write one command now; the future gets its reply (``return`` or ``error``)."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.closed.is_set() or self.writer.is_closing():
-            fut.set_exception(ConnectionClosed("connection closed"))
-            return fut
-        self._next_id += 1
-        cmd_id = f"watch-{self._next_id}"
-        req: dict[str, Any] = {"execute": name, "id": cmd_id}
-        if args is not None:
-            req["arguments"] = args
-        self._pending[cmd_id] = fut
-        try:
-            self.writer.write(orjson.dumps(req) + b"\n")
-        except (OSError, RuntimeError) as e:
-            self._pending.pop(cmd_id, None)
-            fut.set_exception(ConnectionClosed(str(e)))
-        return fut
-
-    async def call(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send one command and wait for its reply."""
-        return await self.send(name, args)
-
-    async def close(self) -> None:
-        """Close the connection and stop reading."""
-        self.writer.close()
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            await self.writer.wait_closed()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 # -- state -----------------------------------------------------------------------------------
@@ -454,7 +348,7 @@ def terminal_height(stream: TextIO) -> int:
 class Watcher:
     """Keeps the state fresh from events and draws it."""
 
-    def __init__(self, client: QMPClient, socket_path: str, out: TextIO, *, tty: bool,
+    def __init__(self, client: AsyncClient, socket_path: str, out: TextIO, *, tty: bool,
                  color: bool, interval: float) -> None:
         self.client = client
         self.socket_path = socket_path
@@ -597,7 +491,6 @@ def _interval(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``qmpjobd watch``."""
-    from .cli import default_socket
     p = argparse.ArgumentParser(
         prog="qmpjobd watch",
         description="Live view of a QMP daemon's jobs and COLO state, driven by its events.")
@@ -646,8 +539,9 @@ def _terminal(out: TextIO, stdin: TextIO | None) -> Iterator[None]:
 async def _watch(args: argparse.Namespace, path: str) -> int:
     out = sys.stdout
     try:
-        client = await QMPClient.connect(path)
-    except (OSError, ConnectionClosed) as e:
+        client = await AsyncClient.connect(Address("unix", path=path), timeout=GREETING_TIMEOUT,
+                                           capabilities=["x-job-events"], id_prefix="watch-")
+    except (OSError, ClientError) as e:
         print(f"qmpjobd watch: cannot connect to {path}: {e}", file=sys.stderr)
         return 1
     tty = not args.once and out.isatty()
@@ -670,7 +564,7 @@ async def _watch(args: argparse.Namespace, path: str) -> int:
         await client.close()
 
 
-async def _live(watcher: Watcher, client: QMPClient, out: TextIO, tty: bool) -> int:
+async def _live(watcher: Watcher, client: AsyncClient, out: TextIO, tty: bool) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     handled: list[signal.Signals] = []
@@ -733,7 +627,6 @@ async def _live(watcher: Watcher, client: QMPClient, out: TextIO, tty: bool) -> 
 
 def main(argv: list[str]) -> int:
     """``qmpjobd watch [SOCKET] [--once] [--interval SECONDS] [--no-color]``."""
-    from .cli import default_socket
     args = build_parser().parse_args(argv)
     path = args.socket or default_socket()
     try:

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from qmptest import (  # noqa: E402
+from qmptest import (
     NO_QEMU_REASON,
     QEMU,
     STARTED,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from qmptest import Client, Daemon, start_qmpjobd, until_status
 
 MIB = 1 << 20

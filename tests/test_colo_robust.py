@@ -77,7 +77,8 @@ def test_rejected_heartbeat_settings_are_not_applied(pair: Pair) -> None:
     assert pair.p.err("x-daemon-heartbeat", {"interval-ms": 0, "timeout-ms": 100})[0] == \
         "GenericError"
     assert pair.p.err("x-daemon-heartbeat", {"peer": "127.0.0.1:70000"}) == (
-        "GenericError", "Parameter 'peer' expects HOST:PORT with a port in 1..65535")
+        "GenericError", "Parameter 'peer': invalid address '127.0.0.1:70000': the port must "
+        "be a number from 1 to 65535")
     wait_checkpoints(pair.s, 5)  # 500 ms: a 10 ms timeout would have failed over by now
     assert pair.p.ok("query-colo-status")["mode"] == "primary"
     assert pair.p.ok("x-query-colo-metrics")["heartbeat"]["decision"] == "none"

@@ -5,15 +5,22 @@ and examples/compose-colo.yml (its commands started, its QMP recipe replayed).""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
+import hashlib
+import inspect
 import json
 import os
 import re
+import resource
 import shlex
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +29,7 @@ from typing import Any
 
 import pytest
 from colotest import EvClient, free_port
-from qmptest import Daemon, start_qmpjobd
+from qmptest import Client, Daemon, start_qmpjobd, wait_for_socket
 
 from qmpjobd import health
 
@@ -583,3 +590,309 @@ def test_colo_pair_helper_is_valid_sh() -> None:
         pytest.skip("examples/colo-pair.sh is optional")
     assert subprocess.run(["sh", "-n", str(helper)], check=False).returncode == 0
     assert "compose-colo.yml" in helper.read_text()
+
+
+# -- the image, built from the Dockerfile and run for real (rootful podman) ------------------
+#
+# No registry is reachable here but Debian's and PyPI, so the Dockerfile's base image
+# (python:3.11-slim) is stood in for by a Debian root of the release whose python3 has the
+# same version, made with debootstrap and imported under the FROM name. It is built once per
+# machine and reused (its label records the recipe). A real python:3.11-slim already in the
+# local store is used as it is.
+
+PODMAN = shutil.which("podman")
+IMAGE = "localhost/qmpjobd:test"
+IMAGE_UID = 10001
+STANDIN_LABEL = "qmpjobd.test.stand-in"
+STANDIN_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
+DEBIAN_FOR_PYTHON = {"3.11": "bookworm", "3.13": "trixie"}  # Debian's python3 in each release
+HOST_EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+LOCK = Path("/var/tmp/qmpjobd-test-podman.lock")
+NO_PODMAN_HINT = "apt-get install podman runc debootstrap (as .ci/run does)"
+
+
+class Podman:
+    """Rootful podman with a containers.conf for machines without systemd: runc, cgroupfs,
+    events in a file, and ulimits this machine's hard limits allow."""
+
+    def __init__(self, exe: str, conf_dir: Path) -> None:
+        self.exe = exe
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+        conf = conf_dir / "containers.conf"
+        conf.write_text(
+            "[containers]\n"
+            f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n')
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+    def __call__(self, *args: str, limit: float = 120.0, check: bool = True,
+                 stdin: Any = None) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([self.exe, *args], capture_output=True, text=True, env=self.env,
+                           stdin=stdin, timeout=limit, check=False)
+        if check and p.returncode != 0:
+            pytest.fail(f"podman {' '.join(args)[:200]}: exit {p.returncode}\n"
+                        f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        return p
+
+    def inspect(self, *args: str) -> Any:
+        """``podman [image] inspect --format {{json FIELD}}``, decoded."""
+        *cmd, field, ref = args
+        return json.loads(self(*cmd, "inspect", "--format", f"{{{{json {field}}}}}", ref).stdout)
+
+
+def cannot_run(reason: str) -> None:
+    """Skip where podman cannot run; in CI (which installs it) that is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    if PODMAN is None:
+        cannot_run(f"podman is not installed ({NO_PODMAN_HINT})")
+    assert PODMAN is not None
+    if os.geteuid() != 0:
+        cannot_run("needs root: the image is run with rootful podman, so that the socket's "
+                   "owner on the host is the image's uid")
+    pm = Podman(PODMAN, tmp_path_factory.mktemp("podman"))
+    info = pm("info", "--format", "{{.Host.OCIRuntime.Name}}", check=False, limit=60)
+    if info.returncode != 0:
+        cannot_run(f"podman cannot run here: {info.stderr.strip()[-500:]}")
+    return pm
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """One test process at a time builds images in this machine's podman store."""
+    with open(LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def debian_mirror(apt: Path = Path("/etc/apt")) -> str:
+    """The Debian archive this host's apt uses (QMPJOBD_DEBIAN_MIRROR overrides it)."""
+    if os.environ.get("QMPJOBD_DEBIAN_MIRROR"):
+        return os.environ["QMPJOBD_DEBIAN_MIRROR"]
+    entries: list[tuple[str, list[str]]] = []  # (URI, suites) of each "deb" source
+    for f in sorted(apt.glob("sources.list.d/*.sources")):
+        for para in re.split(r"\n\s*\n", f.read_text()):
+            fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", para, re.M))
+            if "deb" in fields.get("Types", "").split() and fields.get("Enabled") != "no":
+                entries += [(uri, fields.get("Suites", "").split())
+                            for uri in fields.get("URIs", "").split()]
+    for f in [apt / "sources.list", *sorted(apt.glob("sources.list.d/*.list"))]:
+        if f.exists():
+            for line in f.read_text().splitlines():
+                m = re.match(r"deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line)
+                if m:
+                    entries.append((m.group(1), [m.group(2)]))
+    for uri, suites in entries:  # the main archive: a release's own suite, not -security
+        if any(re.fullmatch(r"[a-z]+", s) for s in suites):
+            return uri
+    return "http://deb.debian.org/debian"
+
+
+@pytest.mark.parametrize(("files", "expect"), [
+    ({"sources.list.d/debian.sources":
+      "Types: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n"
+      "Components: main\n\n"
+      "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+      "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+      "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+      "Suites: bookworm bookworm-updates\nComponents: main\n"}, "http://mirror.example/debian"),
+    ({"sources.list": "# deb http://old.example/debian bookworm main\n"
+                      "deb [arch=amd64] http://one.example/debian/ bookworm main\n"},
+     "http://one.example/debian/"),
+    ({}, "http://deb.debian.org/debian"),
+], ids=["deb822", "one-line", "none"])
+def test_debian_mirror_is_the_hosts(files: dict[str, str], expect: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QMPJOBD_DEBIAN_MIRROR", raising=False)
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert debian_mirror(tmp_path) == expect
+
+
+def mounts_below(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    return [p for p in points if p.startswith(f"{root}/")]
+
+
+def build_standin(pm: Podman, ref: str, python: str, recipe: str) -> None:
+    """debootstrap a Debian whose python3 is ``python``, shaped like python:X.Y-slim (pip
+    installs into the system python3), and import it as ``ref``."""
+    suite = DEBIAN_FOR_PYTHON[python]
+    work = Path(tempfile.mkdtemp(prefix="qmpjobd-stand-in-", dir="/var/tmp"))
+    root = work / "root"
+    try:
+        p = subprocess.run(["debootstrap", "--variant=minbase", f"--include={STANDIN_PACKAGES}",
+                            suite, str(root), debian_mirror()],
+                           capture_output=True, text=True, timeout=900, check=False)
+        assert p.returncode == 0, f"debootstrap failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        version = subprocess.run(
+            ["chroot", str(root), "python3", "-c",
+             "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        assert version == python, f"Debian {suite}'s python3 is {version}, not {python}"
+        for marker in root.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
+        (root / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+        for junk in [*root.glob("var/cache/apt/archives/*.deb"),
+                     *root.glob("var/cache/apt/*.bin"), *root.glob("var/lib/apt/lists/*_*")]:
+            junk.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(root), "--one-file-system", "--numeric-owner",
+                                "-cf", "-", "."], stdout=subprocess.PIPE)
+        try:
+            pm("import",
+               "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "--change", "ENV LANG=C.UTF-8",
+               "--change", 'CMD ["python3"]',
+               "--change", f"LABEL {STANDIN_LABEL}={recipe}",
+               "-", ref, stdin=tar.stdout, limit=600)
+        finally:
+            assert tar.stdout is not None
+            tar.stdout.close()
+            assert tar.wait(60) == 0, "tar of the stand-in root failed"
+    finally:
+        for point in reversed(mounts_below(root)):  # left by an interrupted debootstrap
+            subprocess.run(["umount", "-l", point], check=False)
+        if not mounts_below(root):  # never delete through a mount into the host
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def base_image(pm: Podman) -> str:
+    """The Dockerfile's FROM image in the local store: present already, or the stand-in."""
+    name = Dockerfile(DOCKERFILE).last("FROM").split()[0]
+    m = re.fullmatch(r"python:(3\.\d+)-slim", name)
+    assert m, f"FROM {name}: the test knows how to stand in for python:X.Y-slim only"
+    python = m.group(1)
+    ref = f"docker.io/library/{name}"
+    recipe = hashlib.sha256(f"{STANDIN_PACKAGES} {DEBIAN_FOR_PYTHON.get(python)} "
+                            f"{inspect.getsource(build_standin)}".encode()).hexdigest()[:16]
+    present = pm("image", "exists", ref, check=False).returncode == 0
+    if present:
+        labels = pm.inspect("image", ".Labels", ref) or {}
+        if labels.get(STANDIN_LABEL, recipe) == recipe:  # the real image, or a current stand-in
+            return ref
+    assert python in DEBIAN_FOR_PYTHON, f"no Debian release with python {python} is known"
+    if shutil.which("debootstrap") is None:
+        cannot_run(f"no {name} image here (podman pull {name}) and no debootstrap to build "
+                   f"its stand-in ({NO_PODMAN_HINT})")
+    build_standin(pm, ref, python, recipe)
+    return ref
+
+
+def host_extra_ca() -> str:
+    """The CA certificates this host adds to Debian's (for a proxy that re-signs TLS)."""
+    certs = sorted(HOST_EXTRA_CA_DIR.rglob("*.crt")) if HOST_EXTRA_CA_DIR.is_dir() else []
+    return "".join(c.read_text().rstrip("\n") + "\n" for c in certs)
+
+
+def host_pip_index() -> str | None:
+    """The index pip uses on this host, when it is not PyPI's default."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    p = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                       text=True, timeout=60, check=False)
+    m = re.search(r"^(?:global|install)\.index-url='([^']+)'$", p.stdout, re.M)
+    return m.group(1) if m else None
+
+
+@pytest.fixture(scope="module")
+def image(podman: Podman) -> str:
+    """The Dockerfile built as Docker would (HEALTHCHECK kept), pip reaching PyPI the way
+    this host does: its network, its pip index, its extra CA certificates."""
+    with machine_lock():
+        base_image(podman)
+        args = ["build", "--format", "docker", "--network", "host", "-t", IMAGE]
+        if host_extra_ca():
+            args += ["--build-arg", f"EXTRA_CA_CERT={host_extra_ca()}"]
+        index = host_pip_index()
+        if index:
+            args += ["--build-arg", f"PIP_INDEX_URL={index}"]
+        podman(*args, str(REPO), limit=600)
+    return IMAGE
+
+
+def test_image_keeps_the_healthcheck_and_no_build_ca(podman: Podman, image: str,
+                                                     dockerfile: Dockerfile) -> None:
+    check = podman.inspect("image", ".HealthCheck", image)
+    assert check["Test"] == ["CMD", *dockerfile.healthcheck()[1]], check
+    top = podman("image", "mount", image).stdout.strip()
+    try:
+        assert not os.path.exists(f"{top}/tmp/build-ca.pem")
+        bundle = Path(f"{top}/etc/ssl/certs/ca-certificates.crt").read_text()
+        for cert in re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                               host_extra_ca(), re.S):
+            assert cert not in bundle, "a build-only CA certificate was left in the image"
+    finally:
+        podman("image", "unmount", image)
+
+
+def read_until_closed(c: Client) -> list[dict[str, Any]]:
+    out = []
+    with contextlib.suppress(EOFError):
+        while True:
+            out.append(c.recv())
+    return out
+
+
+def test_image_serves_qmp_through_the_socket_volume(podman: Podman, image: str,
+                                                    tmp_path: Path) -> None:
+    """The container as a user runs it: socket volume bind-mounted from the host, the
+    healthcheck, a QMP session from the host, then ``podman stop`` shuts it down cleanly."""
+    vol = tmp_path / "run"
+    vol.mkdir()
+    os.chown(vol, IMAGE_UID, IMAGE_UID)  # the daemon creates its socket here
+    sock = vol / "qmpjobd.sock"
+    name = f"qmpjobd-test-{os.getpid()}"
+    with open(tmp_path / "podman-run.log", "wb") as log:
+        proc = subprocess.Popen([podman.exe, "run", "--name", name, "--network", "none",
+                                 "-v", f"{vol}:{IMAGE_SOCKET_DIR}", image],
+                                stdout=log, stderr=subprocess.STDOUT, env=podman.env)
+    try:
+        wait_for_socket(str(sock), proc, timeout=60)
+        podman("healthcheck", "run", name)
+        state = podman.inspect(".State", name)
+        assert state["Health"]["Status"] == "healthy", state["Health"]
+        assert state["Health"]["Log"][-1]["Output"].strip() == "ok: running"
+
+        st = os.stat(sock)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+        assert (st.st_uid, st.st_gid) == (IMAGE_UID, IMAGE_UID)
+        with open(f"/proc/{state['Pid']}/status") as f:
+            ids = dict(line.split(":", 1) for line in f if line.startswith(("Uid:", "Gid:")))
+        assert ids["Uid"].split() == [str(IMAGE_UID)] * 4, ids
+        assert ids["Gid"].split() == [str(IMAGE_UID)] * 4, ids
+
+        with Client(str(sock), timeout=30) as c:  # as root on the host, through the volume
+            assert c.greeting["QMP"]["version"]["qemu"] == {"micro": 0, "minor": 2, "major": 7}
+            assert c.cmd("qmp_capabilities") == {"return": {}}
+            version = c.cmd("query-version")["return"]
+            assert version["qemu"] == {"micro": 0, "minor": 2, "major": 7}
+            assert version["package"].startswith("qmpjobd ")
+            podman("stop", "--time", "20", name, limit=60)
+            events = read_until_closed(c)
+        assert [e["event"] for e in events] == ["SHUTDOWN"], events
+        assert events[0]["data"] == {"guest": False, "reason": "host-signal"}
+        assert proc.wait(60) == 0
+        assert podman.inspect(".State.ExitCode", name) == 0
+        assert not sock.exists(), "the daemon left its socket behind"
+    finally:
+        podman("rm", "--force", name, check=False)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

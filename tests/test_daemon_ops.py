@@ -3,6 +3,7 @@ and sd_notify, socket permissions, peer credentials, TLS, message limits and --t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,11 @@ from typing import Any
 import orjson
 import pytest
 from colotest import EvClient, free_port, wait_checkpoints
-from qmptest import Client, Daemon, start_qmpjobd
+from qmptest import Client, Daemon, start_qmpjobd, wait_for_socket
+
+from qmpjobd.cli import build_parser
+from qmpjobd.paths import default_socket
+from qmpjobd.server.trace import Tracer
 
 QMPJOBD = [sys.executable, "-m", "qmpjobd"]
 
@@ -58,6 +64,61 @@ def test_config_errors_are_clear(tmp_path: Any, text: str, message: str) -> None
     out = run("--config", str(cfg), "--print-config")
     assert out.returncode == 2
     assert message in out.stderr and str(cfg) in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ("socket-mode = 660\n", "key 'socket-mode' expects a string such as \"0660\""),
+    ("socket-mode = 0o660\n", "key 'socket-mode' expects a string such as \"0660\""),
+    ("socket-mode = 0660\n", "not valid TOML"),  # TOML has no leading zeros
+])
+def test_socket_mode_must_be_a_quoted_string(tmp_path: Any, text: str, message: str) -> None:
+    """What the README's note says: an integer socket-mode is refused, never misread."""
+    cfg = tmp_path / "mode.toml"
+    cfg.write_text(text)
+    out = run("--config", str(cfg), "--print-config")
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_quoted_socket_mode_is_octal(tmp_path: Any) -> None:
+    cfg = tmp_path / "mode.toml"
+    cfg.write_text('socket-mode = "0640"\n')
+    d = start_qmpjobd(str(tmp_path), "--config", str(cfg))
+    assert stat.S_IMODE(os.stat(d.path).st_mode) == 0o640
+
+
+def test_sample_config_runs_as_it_is(tmp_path: Any) -> None:
+    """examples/qmpjobd.toml on this machine, from the repository root, as its header says."""
+    root = Path(__file__).resolve().parent.parent
+    path = str(tmp_path / "sample.sock")
+    env = {**os.environ, "QMPJOBD_SOCKET": path}  # the default socket, moved out of the way
+    proc = subprocess.Popen([*QMPJOBD, "--config", "examples/qmpjobd.toml"], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(path, proc)
+        with Client(path) as c:
+            c.negotiate()
+            assert c.cmd("query-name") == {"return": {"name": "sample"}}
+            reply = c.cmd("x-countdown", {"job-id": "c", "steps": 1})  # the plug-in is loaded
+            assert reply == {"return": {}}, reply
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_print_config_shows_every_option_with_its_default(tmp_path: Any) -> None:
+    out = run("--print-config")
+    assert out.returncode == 0, out.stderr
+    keys = {line.lstrip("# ").split(" = ")[0] for line in out.stdout.splitlines()[1:]}
+    parser = build_parser()
+    longs = {o[2:] for a in parser._actions for o in a.option_strings[:2] if o.startswith("--")}
+    assert keys == longs - {"help", "version", "config", "print-config"}
+    assert "guest-ram = 67108864" in out.stdout and 'log-level = "info"' in out.stdout
+    assert f'# socket = "{default_socket()}"' in out.stdout
+    cfg = tmp_path / "defaults.toml"
+    cfg.write_text(out.stdout)
+    assert run("--config", str(cfg), "--print-config").stdout == out.stdout
 
 
 def test_print_config_round_trips(tmp_path: Any) -> None:
@@ -109,8 +170,8 @@ def test_sd_notify_ready_and_stopping(tmp_path: Any) -> None:
 
 def test_systemd_unit_files_use_real_options() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    service = open(os.path.join(root, "examples", "systemd", "qmpjobd.service")).read()
-    sock = open(os.path.join(root, "examples", "systemd", "qmpjobd.socket")).read()
+    service = Path(root, "examples", "systemd", "qmpjobd.service").read_text()
+    sock = Path(root, "examples", "systemd", "qmpjobd.socket").read_text()
     assert "Type=notify" in service and "ListenStream=/run/qmpjobd/qmpjobd.sock" in sock
     exec_line = next(x for x in service.splitlines() if x.startswith("ExecStart="))
     flags = [w for w in exec_line.split() if w.startswith("--")]
@@ -280,7 +341,7 @@ def test_trace_records_every_message(tmp_path: Any) -> None:
         c.send(b"{bad json}\n")
         c.recv_reply()
     assert d.stop() == 0
-    lines = [orjson.loads(x) for x in open(trace, "rb").read().splitlines()]
+    lines = [orjson.loads(x) for x in Path(trace).read_bytes().splitlines()]
     assert all(set(x) == {"time", "connection", "direction", "message"} for x in lines)
     ours = next(x["connection"] for x in lines if x["message"] == {"execute": "stop"})
     flow = [(x["direction"], x["message"]) for x in lines if x["connection"] == ours]
@@ -339,7 +400,7 @@ def test_colo_tls_leaves_a_loopback_qmp_listener_plain(tmp_path: Any,
         assert s.recv(100).startswith(b'{"QMP"')
 
 
-def test_a_failing_trace_file_stops_tracing_not_the_daemon(tmp_path: Any) -> None:
+def test_a_failing_trace_file_loses_records_not_the_daemon(tmp_path: Any) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
     d = start_qmpjobd(str(tmp_path), "--trace", "/dev/full")
@@ -348,4 +409,135 @@ def test_a_failing_trace_file_stops_tracing_not_the_daemon(tmp_path: Any) -> Non
         for _ in range(50):
             assert c.cmd("query-status")["return"]["running"] is True
     assert d.stop() == 0
-    assert "tracing stopped" in d.stderr()
+    err = d.stderr()
+    assert "records are lost until a write succeeds" in err, err
+    assert "lost (write errors)" in err, err
+
+
+def _drain(fd: int, into: list[bytes]) -> threading.Thread:
+    """Read ``fd`` to its end in a thread (the far side of a trace FIFO)."""
+    def read() -> None:
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, 1 << 20):
+            into.append(chunk)
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def test_trace_queue_is_bounded_in_bytes(tmp_path: Any,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A trace file that does not keep up (a FIFO nobody reads) costs at most max_bytes of
+    queued records; the rest are dropped, counted and logged, and the rest get written."""
+    fifo = str(tmp_path / "trace.fifo")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    limit = 256 << 10
+    tracer = Tracer(fifo, max_bytes=limit)
+    record = b'{"return":{},"id":"' + b"x" * (16 << 10) + b'"}\r\n'
+    for _ in range(200):  # 3.2 MB, against a 64 KiB pipe and a 256 KiB queue
+        tracer.record_raw(1, "out", record)
+        assert tracer.queued_bytes <= limit
+    assert tracer.dropped > 0
+    assert "the file cannot keep up; dropping records" in caplog.text
+    chunks: list[bytes] = []
+    drained = _drain(reader, chunks)
+    tracer.close()
+    drained.join(10)
+    os.close(reader)
+    lines = b"".join(chunks).splitlines()
+    assert len(lines) == 200 - tracer.dropped
+    assert all(orjson.loads(x)["message"]["return"] == {} for x in lines)
+    assert f"{tracer.dropped} records dropped" in caplog.text
+
+
+def test_trace_writer_survives_any_error(tmp_path: Any,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """An unencodable record is described, not fatal; an exception in the writer loses
+    that batch only: later records are written."""
+    path = tmp_path / "t.jsonl"
+    tracer = Tracer(str(path))
+    failed = threading.Event()
+    write_batch = tracer._write_batch
+
+    def broken_once(batch: list[Any]) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("injected")
+        write_batch(batch)
+
+    tracer._write_batch = broken_once  # type: ignore[method-assign]
+    tracer.record(1, "in", {"lost": True})
+    assert failed.wait(10)
+    tracer.record(1, "in", {1, 2})               # a set: JSON has none
+    tracer.record(1, "in", {"id": "\ud800"})     # a lone surrogate
+    tracer.record(1, "in", {"id": 2 ** 70})       # past orjson's 64 bits
+    tracer.close()
+    got = [json.loads(x)["message"] for x in path.read_bytes().splitlines()]
+    assert got == [{"unencodable": "set"}, {"id": "\ud800"}, {"id": 2 ** 70}]
+    assert tracer.lost == 1 and "cannot write 1 records" in caplog.text
+
+
+def test_daemon_traces_hostile_values_and_keeps_serving(tmp_path: Any) -> None:
+    trace = tmp_path / "trace.jsonl"
+    d = start_qmpjobd(str(tmp_path), "--trace", str(trace))
+    deep = b"[" * 300 + b"]" * 300
+    with Client(d.path) as c:
+        c.negotiate()
+        c.send(b'{"execute":"query-name","id":' + deep + b'}\n')
+        assert "return" in c.recv_reply()
+        assert c.cmd("query-status")["return"]["running"] is True
+    assert d.stop() == 0
+    ins = [orjson.loads(x)["message"] for x in trace.read_bytes().splitlines()
+           if b'"direction":"in"' in x]
+    assert {"execute": "query-name", "id": orjson.loads(deep)} in ins
+    assert {"execute": "query-status"} in ins
+
+
+# -- plug-ins ------------------------------------------------------------------------------------
+
+EXAMPLE_PLUGIN = str(Path(__file__).parent.parent / "examples" / "countdown_job.py")
+
+
+def start_status(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the daemon with ``args``; for a start that must fail (no socket is waited on)."""
+    return run("--socket", str(tmp_path / "never.sock"), "--log-level", "warning", *args)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("def register(server:\n", "syntax error at line 1: '(' was never closed"),
+    ("import json\nimport no_such_module_xyz\n",
+     "import failed (line 2): ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    ("x = 1\n", "no register(vm) function"),
+    ("def register(server):\n    raise RuntimeError('broken')\n",
+     "register() failed (line 2): RuntimeError: broken"),
+    ("raise OSError('at import')\n", "failed while loading (line 1): OSError: at import"),
+])
+def test_a_broken_plugin_names_its_file(tmp_path: Any, text: str, message: str) -> None:
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text(text)
+    out = start_status(tmp_path, "--plugin", str(bad))
+    assert out.returncode == 1, out.stderr
+    assert f"plug-in {bad}: {message}" in out.stderr, out.stderr
+
+
+def test_a_missing_plugin_file_or_module_is_named(tmp_path: Any) -> None:
+    out = start_status(tmp_path, "--plugin", str(tmp_path / "nowhere.py"))
+    assert out.returncode == 1 and f"plug-in {tmp_path}/nowhere.py: no such file" in out.stderr
+    out = start_status(tmp_path, "--plugin", "no_such_plugin_module")
+    assert out.returncode == 1
+    assert "plug-in no_such_plugin_module: no module of that name" in out.stderr, out.stderr
+
+
+def test_the_same_plugin_twice_is_refused_clearly(tmp_path: Any) -> None:
+    out = start_status(tmp_path, "--plugin", EXAMPLE_PLUGIN, "--plugin", EXAMPLE_PLUGIN)
+    assert out.returncode == 1
+    assert f"plug-in {EXAMPLE_PLUGIN} is given twice" in out.stderr, out.stderr
+    copy = tmp_path / "countdown_copy.py"  # another file declaring the same job type
+    copy.write_text(Path(EXAMPLE_PLUGIN).read_text())
+    out = start_status(tmp_path, "--plugin", EXAMPLE_PLUGIN, "--plugin", str(copy))
+    assert out.returncode == 1
+    assert f"plug-in {copy}: register() failed" in out.stderr, out.stderr
+    assert "job type 'x-countdown' is already registered (its command is 'x-countdown')" \
+        in out.stderr
+    assert not (tmp_path / "never.sock").exists()

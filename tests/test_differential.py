@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import reprlib
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -595,7 +595,10 @@ def test_greeting(qemu: Daemon, daemon: Daemon) -> None:
 def _number_at_end(path: str) -> list[Any]:
     with open_client(path, CMD) as c:
         c.send(b"123")
-        before_space = expect_silence(c)  # a bare number at end of input is not complete yet
+        # a bare number at end of input is not complete yet; only a time window can show
+        # that (a sentinel after it would end the number, and an early answer would arrive
+        # before the sentinel's reply anyway)
+        before_space = expect_silence(c)
         after_space = exchange(c, b" ")
         return [before_space, after_space]
 
@@ -606,18 +609,20 @@ def test_number_at_end_of_input(qemu: Daemon, daemon: Daemon) -> None:
     assert_same("number-at-end", (b"123", b" "), expected, _number_at_end(daemon.path))
 
 
-def _partial_then_silence(path: str) -> list[Any]:
-    """RESYNC: an open object swallows a complete request with no reply until \\x00."""
+def _partial_then_resync(path: str) -> list[Any]:
+    """RESYNC: an open object swallows a complete request with no reply until \\x00.
+
+    No silence window: everything sent before the \\x00 and the sentinel has to show up
+    before the sentinel's reply, so an answer to either swallowed request would be seen."""
     with open_client(path, CMD) as c:
         c.send(b'{"execute":"query-name","id":"partial"\n{"execute":"query-name","id":"g12"}\n')
-        swallowed = expect_silence(c)
-        return [swallowed, exchange(c, b"\x00")]
+        return exchange(c, b"\x00")
 
 
 def test_partial_object_swallows_next(qemu: Daemon, daemon: Daemon) -> None:
-    expected = _partial_then_silence(qemu.path)
-    assert expected[0] == [], expected
-    assert_same("partial-swallows", b"", expected, _partial_then_silence(daemon.path))
+    expected = _partial_then_resync(qemu.path)
+    assert not [m for m in expected if m.get("id") in ("partial", "g12")], expected
+    assert_same("partial-swallows", b"", expected, _partial_then_resync(daemon.path))
 
 
 def _quit(path: str, mode: str) -> list[Any]:

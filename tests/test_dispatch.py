@@ -12,8 +12,8 @@ from qmpjobd.protocol.request import BadRequest, parse_request, qdict_order, tdb
 from qmpjobd.protocol.session import Session
 from qmpjobd.schema import Registry, build_schema
 from qmpjobd.schema.introspect import command_list, qmp_schema
-from qmpjobd.server import Server
 from qmpjobd.server.dispatch import Dispatcher
+from qmpjobd.vm import Vm
 
 
 class Recorder:
@@ -98,7 +98,7 @@ def test_request_ok() -> None:
 
 
 def test_negotiation_mode(setup: Any) -> None:
-    d, rec, _ = setup
+    d, _rec, _ = setup
     s = Session()
     assert run(d, s, {"execute": "query-status", "id": 7}) == {"id": 7, "error": {
         "class": "CommandNotFound",
@@ -129,7 +129,7 @@ def test_capability_not_offered() -> None:
 
 
 def test_command_mode(setup: Any) -> None:
-    d, rec, _ = setup
+    d, _rec, _ = setup
     s = negotiated()
     assert run(d, s, {"execute": "nonexistent-cmd", "id": "a"}) == {"id": "a", "error": {
         "class": "CommandNotFound", "desc": "The command nonexistent-cmd has not been found"}}
@@ -143,7 +143,7 @@ def test_command_mode(setup: Any) -> None:
 
 
 def test_oob_rules(setup: Any) -> None:
-    d, rec, _ = setup
+    d, _rec, _ = setup
     s = negotiated("oob")
     assert run(d, s, {"exec-oob": "query-name", "id": 2}) == {"id": 2, "error": {
         "class": "GenericError", "desc": "The command query-name does not support OOB"}}
@@ -155,7 +155,7 @@ def test_oob_rules(setup: Any) -> None:
 
 
 def test_stop_cont_events(setup: Any) -> None:
-    d, rec, machine = setup
+    d, rec, _machine = setup
     s = negotiated()
     run(d, s, {"execute": "stop"})
     run(d, s, {"execute": "stop"})
@@ -202,7 +202,8 @@ def test_argument_visitor_texts() -> None:
     assert check({}) == "Parameter 'inner' is missing"
     assert check({"inner": [], "zzz": 1}) == "Parameter 'zzz' is unexpected"
     assert check({"inner": [{}]}) == "Parameter 'inner[0].s' is missing"
-    assert check({"inner": [{"s": 1}]}) == "Invalid parameter type for 'inner[0].s', expected: string"
+    assert check({"inner": [{"s": 1}]}) == \
+        "Invalid parameter type for 'inner[0].s', expected: string"
     assert check({"inner": [{"s": "", "x": 1}]}) == "Parameter 'inner[0].x' is unexpected"
     assert check({"inner": [{"s": "", "u": 1.5}]}) == "Parameter 'inner[0].u' expects uint64"
     assert check({"inner": [{"s": "", "u": "1"}]}) == "Parameter 'inner[0].u' expects uint64"
@@ -223,11 +224,11 @@ def test_argument_visitor_texts() -> None:
 
 
 def test_every_command_has_a_handler_and_every_handler_is_declared() -> None:
-    server = Server()
-    assert server.registry.missing() == []
-    assert set(server.registry.handlers) == set(server.schema.commands)
+    vm = Vm()
+    assert vm.registry.missing() == []
+    assert set(vm.registry.handlers) == set(vm.schema.commands)
     with pytest.raises(KeyError):
-        server.registry.register("not-declared", lambda a, s: None)
+        vm.registry.register("not-declared", lambda a, s: None)
 
 
 def test_introspection_is_consistent() -> None:

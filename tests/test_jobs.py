@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qmptest import Client, start_qmpjobd, until_status
 
 from qmpjobd.jobs import Job, JobError, JobRegistry, Txn
 from qmpjobd.jobs.commands import block_job_info, job_info
 from qmpjobd.jobs.tables import STATUSES, VERBS
 from qmpjobd.protocol.errors import QMPError
-from qmptest import Client, start_qmpjobd, until_status
 
 ALLOWED_TRANSITIONS = {
     "undefined": {"created"},
@@ -180,13 +180,13 @@ def test_verb_matrix(verb: str, status: str) -> None:
 # -- creation and lookup -----------------------------------------------------------------------
 
 def test_job_ids(reg: Any) -> None:
-    jobs, rec = reg
+    jobs, _rec = reg
     for bad in ("1bad", "bad id", "", "é"):
         with pytest.raises(QMPError, match=f"^Invalid job ID '{bad}'$"):
             jobs.create(Steps(bad))
     job = Steps("a-b.c_9")
     jobs.create(job)
-    with pytest.raises(QMPError, match="^Job ID 'a-b.c_9' already in use$"):
+    with pytest.raises(QMPError, match=r"^Job ID 'a-b.c_9' already in use$"):
         jobs.create(Steps("a-b.c_9"))
     with pytest.raises(QMPError) as e:
         jobs.get("nope")
@@ -199,7 +199,7 @@ def test_job_ids(reg: Any) -> None:
 
 def test_negative_speed_at_creation(reg: Any) -> None:
     jobs, rec = reg
-    with pytest.raises(QMPError, match="^Parameter 'speed' expects a non-negative value$"):
+    with pytest.raises(QMPError, match=r"^Parameter 'speed' expects a non-negative value$"):
         jobs.create(Backup("bk", speed=-1))
     assert rec.statuses("bk") == ["created", "null"]
     assert jobs.find("bk") is None
@@ -240,7 +240,7 @@ async def test_manual_finalize_and_dismiss(reg: Any) -> None:
         jobs.create(Backup("bk"))
     jobs.user_dismiss(job)
     assert rec.names()[-1] == "null"
-    with pytest.raises(QMPError, match="^Job not found$"):
+    with pytest.raises(QMPError, match=r"^Job not found$"):
         jobs.get("bk")
 
 
@@ -258,18 +258,18 @@ async def test_pause_resume_and_refusals(reg: Any) -> None:
     jobs, rec = reg
     job = Backup("bk", steps=1000, auto_dismiss=False)
     jobs.create(job)
-    with pytest.raises(QMPError, match="^Can't resume a job that was not paused$"):
+    with pytest.raises(QMPError, match=r"^Can't resume a job that was not paused$"):
         jobs.user_resume(job)
     jobs.start(job)
     jobs.user_pause(job)
-    with pytest.raises(QMPError, match="^Job is already paused$"):
+    with pytest.raises(QMPError, match=r"^Job is already paused$"):
         jobs.user_pause(job)
     await rec.status("bk", "paused")
     info = block_job_info(job)
     assert info["paused"] is True and info["status"] == "paused" and info["ready"] is False
     progress = job.current_progress
     jobs.user_resume(job)
-    with pytest.raises(QMPError, match="^Can't resume a job that was not paused$"):
+    with pytest.raises(QMPError, match=r"^Can't resume a job that was not paused$"):
         jobs.user_resume(job)
     await rec.until("JOB_STATUS_CHANGE", {"id": "bk", "status": "running"})
     assert rec.statuses("bk")[-2:] == ["paused", "running"]
@@ -283,7 +283,7 @@ async def test_pause_resume_and_refusals(reg: Any) -> None:
     assert job_info(job)["error"] == "Operation canceled"
     with pytest.raises(QMPError, match="in state 'concluded' cannot accept command verb 'cancel'"):
         jobs.user_cancel(job, True)
-    with pytest.raises(QMPError, match="^Can't resume a job that was not paused$"):
+    with pytest.raises(QMPError, match=r"^Can't resume a job that was not paused$"):
         jobs.user_resume(job)
 
 
@@ -329,7 +329,7 @@ async def test_mirror_soft_and_forced_cancel(reg: Any) -> None:
         jobs.start(j)
         await rec.until("BLOCK_JOB_READY", {"device": j.id})
     jobs.user_cancel(soft, False)  # block-job-cancel without force in READY
-    with pytest.raises(QMPError, match="^The active block job 'soft' cannot be completed$"):
+    with pytest.raises(QMPError, match=r"^The active block job 'soft' cannot be completed$"):
         jobs.user_complete(soft)
     jobs.user_cancel(hard, True)
     await rec.status("soft", "concluded")
@@ -372,7 +372,7 @@ async def test_grouped_transaction(reg: Any) -> None:
     for j in (a, b):
         jobs.start(j)
     await rec.status("a", "waiting")
-    with pytest.raises(QMPError, match="^Job 'a' in state 'waiting' cannot accept command verb "
+    with pytest.raises(QMPError, match=r"^Job 'a' in state 'waiting' cannot accept command verb "
                                        "'finalize'$"):
         jobs.user_finalize(a)
     b.gate.set()
@@ -411,7 +411,7 @@ async def test_set_speed(reg: Any) -> None:
     job = Backup("bk", steps=1000, auto_dismiss=False)
     jobs.create(job)
     jobs.start(job)
-    with pytest.raises(QMPError, match="^Parameter 'speed' expects a non-negative value$"):
+    with pytest.raises(QMPError, match=r"^Parameter 'speed' expects a non-negative value$"):
         jobs.set_speed(job, -1)
     jobs.set_speed(job, 1 << 20)
     assert block_job_info(job)["speed"] == 1 << 20

@@ -72,6 +72,20 @@ TIMEOUT = 10.0
 """Seconds to wait for any one message before the script is abandoned for that server."""
 
 
+def connect(path: str, timeout: float = TIMEOUT) -> Client:
+    """A client on ``path``.  QEMU's single-client monitor refuses a connection for a moment
+    while it has not yet noticed that the previous client (or the start-up probe) left, so a
+    refused connection is retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(path, timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # nothing to wait on but the listening socket: poll it
+
+
 class Abandoned(Exception):
     """The server did not send what the script waits for (or closed the connection)."""
 
@@ -94,7 +108,7 @@ class Run:
 
     def __init__(self, path: str, root: Path) -> None:
         self.root = root
-        self.client = Client(path, timeout=TIMEOUT)
+        self.client = connect(path)
         self.client.negotiate()
         self.steps: list[Step] = [Step("(after negotiation)")]
         self.received: list[Any] = []
@@ -954,7 +968,7 @@ def _timed_copy(path: str, root: Path, kind: str, size_mib: int, speed: float,
     dst = root / "dst.img"
     with open(dst, "wb") as f:
         f.truncate(size_mib * MIB)
-    with Client(path, timeout=60) as c:
+    with connect(path, timeout=60) as c:
         c.negotiate()
         for node, image in (("s", src), ("d", dst)):
             assert "return" in c.cmd("blockdev-add", {"driver": "file", "node-name": node,

@@ -54,6 +54,9 @@ class BackupJob(Job):
         """drive-backup opened the target itself and closes it when the job ends."""
         self.files = [*source.files(), *target.files()]
         """The files the worker threads use: closing them waits until a call returns."""
+        self.total_progress = source.length
+        """Known before the start command replies, as in QEMU (whose job coroutine sets it
+        before its first yield)."""
         src, dst = source.plain_file(), target.plain_file()
         self._fast = src is not None and dst is not None and hasattr(os, "copy_file_range")
 

@@ -10,8 +10,10 @@ import socket
 import ssl
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from .. import address
+from ..address import Address, AddressError
 
 _READ_AHEAD = 64 * 1024
 HANDSHAKE = 10.0
@@ -19,32 +21,13 @@ HANDSHAKE = 10.0
 _JOIN_BELOW = 256 * 1024
 
 
-@dataclass(frozen=True)
-class Address:
-    """A parsed ``tcp:HOST:PORT`` or ``unix:PATH`` migration URI."""
-
-    kind: str
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def qapi(self) -> dict[str, str | bool]:
-        """As a SocketAddress in query-migrate's ``socket-address``."""
-        if self.kind == "unix":
-            return {"type": "unix", "path": self.path}
-        family = "ipv6" if ":" in self.host else "ipv4"
-        return {"port": str(self.port), family: True, "host": self.host, "type": "inet"}
-
-
 def parse_uri(uri: str) -> Address | None:
-    """The address of a ``tcp:`` or ``unix:`` URI; None for anything else."""
-    if uri.startswith("unix:") and len(uri) > 5:
-        return Address("unix", path=uri[5:])
-    if uri.startswith("tcp:"):
-        host, sep, port = uri[4:].rpartition(":")
-        if sep and port.isdigit() and int(port) < 65536:
-            return Address("tcp", host=host.strip("[]") or "0.0.0.0", port=int(port))
-    return None
+    """The address of a ``tcp:`` or ``unix:`` URI; None for anything else (the caller
+    answers with QEMU's text for it)."""
+    try:
+        return address.parse_uri(uri)
+    except AddressError:
+        return None
 
 
 class ShortRead(ConnectionError):

@@ -19,6 +19,7 @@ import socket
 import time
 from typing import Any
 
+from ..address import AddressError, parse_host_port
 from ..protocol.errors import QMPError
 from .migration import Migration
 
@@ -28,10 +29,10 @@ _MAGIC = b"QJHB1"
 
 
 def _addr(name: str, text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise QMPError(f"Parameter '{name}' expects HOST:PORT with a port in 1..65535")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(text, min_port=1)
+    except AddressError as e:
+        raise QMPError(f"Parameter '{name}': {e}") from None
 
 
 class _Receiver(asyncio.DatagramProtocol):

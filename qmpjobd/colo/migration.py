@@ -15,13 +15,14 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..address import Address
 from ..jobs import JobRegistry
 from ..machine import Machine
 from ..protocol.errors import QMPError
 from ..schema import EventSink
 from ..tls import TlsFiles
 from . import wire
-from .channel import Address, Channel, TlsChannel, listen, parse_uri
+from .channel import Channel, TlsChannel, listen, parse_uri
 from .faults import Faults
 from .guest import Guest
 from .reference import CAPABILITIES, DEFAULT_PARAMETERS, check_parameters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,9 @@ def register(registry: Registry, jobs: JobRegistry) -> None:
     on("block-job-cancel", block_job_cancel)
 
 
+_STARTERS: weakref.WeakKeyDictionary[Registry, dict[str, str]] = weakref.WeakKeyDictionary()
+"""Per registry: plug-in job type -> the command that starts it (one command per type)."""
+
 JobFactory = Callable[[dict[str, Any]], Job]
 """Builds a job from the validated arguments of its start command."""
 
@@ -85,6 +89,13 @@ def add_job_command(registry: Registry, jobs: JobRegistry, name: str, job_type: 
     schema = registry.schema
     job_types = schema.types["JobType"]
     assert isinstance(job_types, Enum)
+    starters = _STARTERS.setdefault(registry, {})
+    if job_type in starters:
+        raise ValueError(f"job type '{job_type}' is already registered (its command is "
+                         f"'{starters[job_type]}'); a plug-in loaded twice?")
+    if name in schema.commands:
+        raise ValueError(f"command '{name}' already exists")
+    starters[job_type] = name
     if job_type not in job_types.values:
         job_types.values.append(job_type)
     schema.command(name, {"job-id": "str", "*auto-finalize": "bool", "*auto-dismiss": "bool",

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..errors import QmpjobdError
+
 ErrorClass = Literal["GenericError", "CommandNotFound", "DeviceNotActive", "DeviceNotFound",
                      "KVMMissingCap"]
 """QEMU 7.2's QapiErrorClass values: the only classes a QMP client ever sees."""
-
-
-class QmpjobdError(Exception):
-    """Root of every exception qmpjobd raises on purpose."""
 
 
 class QMPError(QmpjobdError):

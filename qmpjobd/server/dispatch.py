@@ -58,7 +58,7 @@ class Dispatcher:
             return self._error(QMPError(f"internal error in {req.command}"), req, session)
         if ret is not None and type(ret) not in _PLAIN and inspect.isawaitable(ret):
             return self._finish(ret, req, session)
-        return encode.reply({} if ret is None else ret, req.id, req.has_id)
+        return self._reply(ret, req, session)
 
     async def _finish(self, pending: Any, req: Request, session: Session) -> bytes:
         try:
@@ -68,7 +68,18 @@ class Dispatcher:
         except Exception:
             log.exception("command %s failed", req.command)
             return self._error(QMPError(f"internal error in {req.command}"), req, session)
-        return encode.reply({} if ret is None else ret, req.id, req.has_id)
+        return self._reply(ret, req, session)
+
+    def _reply(self, ret: Any, req: Request, session: Session) -> bytes:
+        """The reply line; a return value JSON cannot carry (a handler's bug) becomes an
+        error for this request only, so the session goes on."""
+        try:
+            return encode.reply({} if ret is None else ret, req.id, req.has_id)
+        except (TypeError, ValueError) as e:
+            log.error("command %s returned a value that cannot be sent as JSON: %s",
+                      req.command, e)
+            return self._error(QMPError(f"internal error in {req.command}: its result "
+                                        "cannot be encoded"), req, session)
 
     @staticmethod
     def _error(e: QMPError, req: Request, session: Session) -> bytes:

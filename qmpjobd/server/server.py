@@ -1,13 +1,19 @@
-"""The listening side: Unix (and optional TCP) sockets, the client set, event broadcast.
+"""The transport: Unix (and optional TCP) listeners, the client set, event fan-out.
 
-The server is the EventSink every other part emits into: an event is encoded once, with one
-timestamp, and written to every client that has finished capabilities negotiation.
+The server serves one :class:`~qmpjobd.vm.Vm`: it subscribes to the VM's events (each is
+encoded once, with one timestamp, and written to every client that has finished capabilities
+negotiation) and hands each client's requests to the VM's dispatcher.  It accepts connections
+itself so that running out of file descriptors is logged once a second and recovered from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -15,29 +21,18 @@ import socket
 import ssl
 import stat
 import struct
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..block import commands as block_commands
-from ..block.graph import BlockGraph
-from ..colo import commands as colo_commands
-from ..colo import stubs as colo_stubs
-from ..colo.guest import Guest
-from ..colo.heartbeat import Heartbeat
-from ..colo.migration import Migration
-from ..jobs import JobRegistry
-from ..jobs import commands as job_commands
-from ..machine import Machine
+from ..errors import QmpjobdError
 from ..protocol import encode
 from ..protocol.jsonstream import MAX_TOKEN_SIZE
-from ..protocol.session import CAPABILITIES
-from ..schema import Registry, build_schema
-from ..schema.introspect import command_list, qmp_schema
-from ..schema.model import Enum
-from ..tls import TlsFiles
 from .connection import Connection
-from .dispatch import Dispatcher
 from .trace import Tracer
+
+if TYPE_CHECKING:
+    from ..vm import Vm
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +47,13 @@ class Limits:
     """Unread output at which the client's own requests stop being processed."""
     max_message: int = MAX_TOKEN_SIZE
     """Largest request a client may send (QEMU's JSON token size limit, 64 MiB)."""
+    max_total_output: int = 128 << 20
+    """Unread output of all clients together above which the largest readers-that-don't are
+    cut off, largest first."""
+    max_clients: int = 0
+    """Connections served at once; one more is closed at once (0: no limit, as QEMU)."""
+    negotiation_timeout: float = 0.0
+    """Seconds a client may stay connected without qmp_capabilities (0: no limit, as QEMU)."""
 
 
 @dataclass(frozen=True)
@@ -81,194 +83,168 @@ class Access:
         return f"peer pid {pid} uid {uid} gid {gid} is not allowed"
 
 
-class StartupError(Exception):
+class StartupError(QmpjobdError):
     """The daemon cannot start (socket in use, bad address); the message says why."""
 
 
 class Server:
-    """Owns the listeners, the connections, and the command registry they dispatch into."""
+    """Owns the listeners and the connections of one VM."""
 
-    def __init__(self, *, version: tuple[int, int, int] = (7, 2, 0), package: str = "",
-                 name: str | None = None, limits: Limits | None = None,
-                 guest: Guest | None = None, incoming: str | None = None,
-                 paused: bool = False, compat: str = "7.2", access: Access | None = None,
-                 tracer: Tracer | None = None, colo_tls: TlsFiles | None = None) -> None:
+    def __init__(self, vm: Vm, *, limits: Limits | None = None, access: Access | None = None,
+                 tracer: Tracer | None = None) -> None:
+        self.vm = vm
         self.limits = limits or Limits()
         self.access = access or Access()
         self.tracer = tracer
-        self.capabilities = CAPABILITIES
-        self.schema = build_schema()
-        self.registry = Registry(self.schema)
-        self.dispatcher = Dispatcher(self.registry)
-        self.machine = Machine(self, version, package, name, on_quit=self._on_quit)
-        self.machine.register(self.registry)
-        self.jobs = JobRegistry(self)
-        job_commands.register(self.registry, self.jobs)
-        self.block = BlockGraph()
-        block_commands.register(self.registry, self.block, self.jobs)
-        if paused:
-            self.machine.status = "prelaunch"
-            self.machine.autostart = False
-        self.migration = Migration(self, self.machine, self.jobs, guest or Guest(),
-                                   incoming=incoming, compat=compat, tls=colo_tls)
-        self.heartbeat = Heartbeat(self.migration)
-        colo_commands.register(self.registry, self.migration, self.heartbeat)
-        colo_stubs.register(self.registry, self.block, self.migration)
-        self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
-        self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
-        self.registry.register("query-commands", lambda args, session: self._introspect()[1])
-        self.greeting = encode.greeting(self.machine.version, list(self.capabilities))
+        self.capabilities = vm.capabilities
+        self.dispatcher = vm.dispatcher
+        self.greeting = vm.greeting
         self.connections: set[Connection] = set()
         self._next_id = 0
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[_Listener] = []
         self._owned_paths: list[tuple[str, int]] = []
-        self.stopped = asyncio.Event()
         self._all_gone = asyncio.Event()
-        self._stopping: asyncio.Task[None] | None = None
-        self.exit_reason = ""
-
-    def _introspect(self) -> tuple[list[Any], list[dict[str, str]]]:
-        """query-qmp-schema and query-commands, recomputed only when plug-ins add to the schema."""
-        key = len(self.schema.entities) + sum(
-            len(t.values) for t in self.schema.types.values() if isinstance(t, Enum))
-        if self._intro is None or self._intro[0] != key:
-            self._intro = (key, qmp_schema(self.schema), command_list(self.schema))
-        return self._intro[1], self._intro[2]
-
-    # -- EventSink -----------------------------------------------------------------------------
+        self._trim: Any = None
+        vm.subscribe(self.emit)
 
     def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
-        """Broadcast an event to every negotiated client (that enabled ``capability``),
-        with one timestamp."""
+        """Send an event to every negotiated client (that enabled ``capability``), with one
+        timestamp; then enforce the bound on all clients' unread output together."""
         line = encode.event(name, data)
+        total = 0
         for conn in list(self.connections):
             if capability is None or capability in conn.session.enabled:
                 conn.send_event(line)
+            total += conn.unread()
+        if total > self.limits.max_total_output:
+            self._shed(total)
+
+    def _shed(self, total: int) -> None:
+        """Cut off the clients holding the most unread output until the total is back under
+        the bound (a slow reader must not take the daemon's memory)."""
+        for conn in sorted(self.connections, key=Connection.unread, reverse=True):
+            if total <= self.limits.max_total_output:
+                break
+            size = conn.unread()
+            log.warning("conn%d: %d bytes unread by all clients (limit %d); disconnecting "
+                        "the largest reader, with %d bytes", conn.id, total,
+                        self.limits.max_total_output, size)
+            conn.abort()
+            total -= size
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _new_connection(self) -> Connection:
-        self._next_id += 1
-        return Connection(self, self._next_id)
+    def refuse(self, transport: asyncio.BaseTransport) -> str:
+        """Why a new connection must be dropped ("" to serve it)."""
+        if self.limits.max_clients and len(self.connections) >= self.limits.max_clients:
+            return f"--max-clients {self.limits.max_clients} reached"
+        return self.access.refuse(transport)
 
     def attach(self, conn: Connection) -> None:
         """Called by a connection once it is up."""
         self.connections.add(conn)
 
-    def detach(self, conn: Connection) -> None:
-        """Called by a connection once it is gone."""
+    def detach(self, conn: Connection, unread: int = 0) -> None:
+        """Called by a connection once it is gone, with the output it left unread."""
         self.connections.discard(conn)
         if not self.connections:
             self._all_gone.set()
+        if unread >= TRIM_AFTER and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(0.5, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        """Give the memory of departed clients' output back to the OS.  Their buffers are
+        many small event lines (uvloop keeps them as a list), which free() leaves in the
+        heap; malloc_trim returns those pages.  It runs in a thread: it walks the heap."""
+        log.debug("returning freed client buffers to the OS (malloc_trim)")
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, _malloc_trim)
+        fut.add_done_callback(lambda _: setattr(self, "_trim", None))
+
+    def _serve(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        self._listeners.append(_Listener(self, sock, tls))
 
     # -- listeners -----------------------------------------------------------------------------
 
     async def listen_unix(self, path: str) -> None:
         """Listen on a Unix socket created with the configured mode (0600 by default) and
-        group; replace an existing file only if it is a stale socket."""
-        self.migration.start()
+        group.  The path appears only once the socket accepts (it is bound and set up under
+        a temporary name, then renamed); an existing file is replaced only if it is a stale
+        socket."""
         _clear_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tmp = os.path.join(os.path.dirname(path) or ".",
+                           f".{os.path.basename(path)}.{os.getpid()}.tmp")
         old = os.umask(0o177)
         try:
-            sock.bind(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            sock.bind(tmp)
             if self.access.socket_group is not None:
-                os.chown(path, -1, self.access.socket_group)
-            os.chmod(path, self.access.socket_mode)
+                os.chown(tmp, -1, self.access.socket_group)
+            os.chmod(tmp, self.access.socket_mode)
+            sock.listen(1024)
+            os.rename(tmp, path)
         except OSError as e:
             sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise StartupError(f"cannot bind {path}: {e.strerror}") from e
         finally:
             os.umask(old)
         self._owned_paths.append((path, os.stat(path).st_ino))
-        loop = asyncio.get_running_loop()
-        srv = await loop.create_unix_server(self._new_connection, sock=sock, backlog=1024)
-        self._servers.append(srv)
+        self._serve(sock)
         log.info("listening on unix:%s", path)
 
     async def adopt(self, sock: socket.socket) -> None:
         """Serve a listening socket handed over by systemd (socket activation)."""
-        self.migration.start()
-        loop = asyncio.get_running_loop()
-        if sock.family == socket.AF_UNIX:
-            srv = await loop.create_unix_server(self._new_connection, sock=sock, backlog=1024)
-        else:
+        if sock.family != socket.AF_UNIX:
             host = sock.getsockname()[0]
             if self.access.tls is None and not _is_loopback(host):
                 raise StartupError(f"refusing the activated socket on non-loopback {host} "
                                    "without TLS (--tcp-tls with --tls-cert and --tls-key)")
-            srv = await loop.create_server(self._new_connection, sock=sock, backlog=1024,
-                                           ssl=self.access.tls)
-        self._servers.append(srv)
+        self._serve(sock, self.access.tls if sock.family != socket.AF_UNIX else None)
         log.info("serving activated socket %s", sock.getsockname())
 
     async def listen_tcp(self, host: str, port: int) -> None:
         """Listen on TCP: with TLS configured on any address, else on loopback only (QMP
         itself has no authentication)."""
-        self.migration.start()
         if self.access.tls is None and not _is_loopback(host):
             raise StartupError(f"refusing to listen on non-loopback address {host} without "
                                "TLS (QMP has no authentication; use --tcp-tls with "
                                "--tls-cert and --tls-key)")
         loop = asyncio.get_running_loop()
         try:
-            srv = await loop.create_server(self._new_connection, host, port, backlog=1024,
-                                           ssl=self.access.tls)
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
         except OSError as e:
             raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from e
-        self._servers.append(srv)
-        for s in getattr(srv, "sockets", ()):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            log.info("listening on tcp:%s:%d", *s.getsockname()[:2])
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(1024)
+            except OSError as e:
+                sock.close()
+                raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+            self._serve(sock, self.access.tls)
+            log.info("listening on tcp:%s:%d", *sock.getsockname()[:2])
 
     def tcp_addresses(self) -> list[tuple[str, int]]:
         """Bound TCP addresses (useful when port 0 was asked for)."""
-        out = []
-        for srv in self._servers:
-            for s in getattr(srv, "sockets", ()):
-                if s.family in (socket.AF_INET, socket.AF_INET6):
-                    out.append(s.getsockname()[:2])
-        return out
+        return [lst.sock.getsockname()[:2] for lst in self._listeners
+                if lst.sock.family in (socket.AF_INET, socket.AF_INET6)]
 
     # -- shutdown ------------------------------------------------------------------------------
 
-    async def _on_quit(self) -> None:
-        """After SHUTDOWN: cancel every job (with its events), then reply, then stop."""
-        self._end_replication()
-        await self.jobs.cancel_all()
-        # The reply to quit is written when this returns; stop right after that.
-        asyncio.get_running_loop().call_soon(self.request_stop, "quit")
-
-    def request_stop(self, reason: str) -> None:
-        """Ask the daemon to stop; ``run`` returns once the clients' output is flushed."""
-        if not self.stopped.is_set():
-            self.exit_reason = reason
-            self.stopped.set()
-
-    def signal_stop(self, signame: str) -> None:
-        """SIGTERM/SIGINT: tell every client, as QEMU does, then stop."""
-        log.info("received %s, shutting down", signame)
-        if self._stopping is not None:
-            return
-        self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
-        self.jobs.shutdown()  # no new job from here on, before any other request is read
-
-        async def stop() -> None:
-            self._end_replication()
-            await self.jobs.cancel_all()
-            self.request_stop(signame)
-
-        self._stopping = asyncio.get_running_loop().create_task(stop())
-
-    def _end_replication(self) -> None:
-        """Leaving the process ends COLO as a killed QEMU would: no failover on this side."""
-        self.heartbeat.close()
-        self.migration.close()
-
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening, flush and close every client, remove our socket files."""
-        for srv in self._servers:
-            srv.close()
+        for lst in self._listeners:
+            lst.close()
+        self._listeners.clear()
         for conn in list(self.connections):
             conn.close()
         if self.connections:
@@ -278,7 +254,6 @@ class Server:
             except TimeoutError:
                 for conn in list(self.connections):
                     conn.abort()
-        self._servers.clear()
         for path, ino in self._owned_paths:
             try:
                 if os.stat(path).st_ino == ino:
@@ -288,10 +263,107 @@ class Server:
             except FileNotFoundError:
                 log.warning("socket %s was removed by someone else", path)
         self._owned_paths.clear()
-        self._end_replication()
-        self.block.close()
         if self.tracer is not None:
             self.tracer.close()
+
+
+class _Listener:
+    """Accepts connections on one listening socket and hands them to the loop.
+
+    Accepting here (not in loop.create_server) keeps running out of file descriptors under
+    control with every loop: it is logged at most once a second, accepting pauses briefly
+    while connected clients go on being served, and resumes by itself."""
+
+    RETRY = 0.1
+    """Seconds between accept attempts while out of file descriptors."""
+
+    def __init__(self, server: Server, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        self.server = server
+        self.sock = sock
+        self.tls = tls
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self._last_log = 0.0
+        self._suppressed = 0
+        self._retry: asyncio.TimerHandle | None = None
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then let other work run; the reader fires again
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._out_of_resources(e)
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            self.loop.create_task(self._start(conn))
+
+    async def _start(self, conn: socket.socket) -> None:
+        server = self.server
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server._next_id += 1
+        conn_id = server._next_id
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: Connection(server, conn_id), conn, ssl=self.tls)
+        except (OSError, ssl.SSLError) as e:
+            log.info("conn%d: could not be set up: %s", conn_id, e)
+            conn.close()
+
+    def _out_of_resources(self, e: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+            log.error("cannot accept a connection: %s; connected clients are still served, "
+                      "retrying%s", e.strerror, more)
+            self._last_log = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+        self.loop.remove_reader(self.sock.fileno())
+        self._retry = self.loop.call_later(self.RETRY, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self._accept()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        else:
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+TRIM_AFTER = 1 << 20
+"""Unread output a departing client must leave behind for the heap to be trimmed."""
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _is_loopback(host: str) -> bool:

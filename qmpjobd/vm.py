@@ -1,0 +1,140 @@
+"""The composition root: one emulated QEMU built from options, with every command registered.
+
+A :class:`Vm` wires the machine, the job registry, the block graph and migration/COLO to one
+schema and one dispatcher, and is the EventSink they all emit into; whoever serves it (the
+asyncio :class:`~qmpjobd.server.Server`, or a test) subscribes to its events.  It knows no
+sockets: ``cli.py`` builds a Vm from qmpjobd's options, a QEMU-style command line can build the
+same Vm from QEMU's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .block import commands as block_commands
+from .block.graph import BlockGraph
+from .colo import commands as colo_commands
+from .colo import stubs as colo_stubs
+from .colo.guest import Guest
+from .colo.heartbeat import Heartbeat
+from .colo.migration import Migration
+from .jobs import JobRegistry
+from .jobs import commands as job_commands
+from .machine import Machine
+from .protocol import encode
+from .protocol.session import CAPABILITIES
+from .schema import Registry, build_schema
+from .schema.introspect import command_list, qmp_schema
+from .schema.model import Enum
+from .server.dispatch import Dispatcher
+from .tls import TlsFiles
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, Any, "str | None"], None]
+"""Receives every event: name, data, and the capability a client needs to see it."""
+
+
+class Vm:
+    """Machine, jobs, block graph and migration/COLO behind one QMP command registry."""
+
+    def __init__(self, *, version: tuple[int, int, int] = (7, 2, 0), package: str = "",
+                 name: str | None = None, guest: Guest | None = None,
+                 incoming: str | None = None, paused: bool = False, compat: str = "7.2",
+                 colo_tls: TlsFiles | None = None) -> None:
+        self._listeners: list[Listener] = []
+        self.capabilities = CAPABILITIES
+        self.schema = build_schema()
+        self.registry = Registry(self.schema)
+        self.dispatcher = Dispatcher(self.registry)
+        self.machine = Machine(self, version, package, name, on_quit=self._on_quit)
+        self.machine.register(self.registry)
+        self.jobs = JobRegistry(self)
+        job_commands.register(self.registry, self.jobs)
+        self.block = BlockGraph()
+        block_commands.register(self.registry, self.block, self.jobs)
+        if paused:
+            self.machine.status = "prelaunch"
+            self.machine.autostart = False
+        self.migration = Migration(self, self.machine, self.jobs, guest or Guest(),
+                                   incoming=incoming, compat=compat, tls=colo_tls)
+        self.heartbeat = Heartbeat(self.migration)
+        colo_commands.register(self.registry, self.migration, self.heartbeat)
+        colo_stubs.register(self.registry, self.block, self.migration)
+        self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
+        self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
+        self.registry.register("query-commands", lambda args, session: self._introspect()[1])
+        self.greeting = encode.greeting(self.machine.version, list(self.capabilities))
+        self.stopped = asyncio.Event()
+        """Set once the daemon should exit (quit, a signal); see :attr:`exit_reason`."""
+        self.exit_reason = ""
+        self._stopping: asyncio.Task[None] | None = None
+        self._started = False
+
+    def _introspect(self) -> tuple[list[Any], list[dict[str, str]]]:
+        """query-qmp-schema and query-commands, recomputed only when plug-ins add to the schema."""
+        key = len(self.schema.entities) + sum(
+            len(t.values) for t in self.schema.types.values() if isinstance(t, Enum))
+        if self._intro is None or self._intro[0] != key:
+            self._intro = (key, qmp_schema(self.schema), command_list(self.schema))
+        return self._intro[1], self._intro[2]
+
+    # -- events --------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Deliver every event emitted from now on to ``listener``."""
+        self._listeners.append(listener)
+
+    def emit(self, name: str, data: Any = None, capability: str | None = None) -> None:
+        """EventSink: hand the event to every listener (a server fans it out to clients)."""
+        for listener in self._listeners:
+            listener(name, data, capability)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start what runs on its own (an incoming migration listener); needs a running loop."""
+        if not self._started:
+            self._started = True
+            self.migration.start()
+
+    async def _on_quit(self) -> None:
+        """After SHUTDOWN: cancel every job (with its events), then reply, then stop."""
+        self._end_replication()
+        await self.jobs.cancel_all()
+        # The reply to quit is written when this returns; stop right after that.
+        asyncio.get_running_loop().call_soon(self.request_stop, "quit")
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the daemon to stop; whoever waits on :attr:`stopped` closes down."""
+        if not self.stopped.is_set():
+            self.exit_reason = reason
+            self.stopped.set()
+
+    def signal_stop(self, signame: str) -> None:
+        """SIGTERM/SIGINT: SHUTDOWN to every client, as QEMU does, cancel the jobs, stop."""
+        log.info("received %s, shutting down", signame)
+        if self._stopping is not None:
+            return
+        self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+        self.jobs.shutdown()  # no new job from here on, before any other request is read
+
+        async def stop() -> None:
+            self._end_replication()
+            await self.jobs.cancel_all()
+            self.request_stop(signame)
+
+        self._stopping = asyncio.get_running_loop().create_task(stop())
+
+    def _end_replication(self) -> None:
+        """Leaving the process ends COLO as a killed QEMU would: no failover on this side."""
+        self.heartbeat.close()
+        self.migration.close()
+
+    def close(self) -> None:
+        """Release what the VM holds: replication links and block nodes."""
+        self._end_replication()
+        self.block.close()
