@@ -5,8 +5,10 @@ and forced cancel, deferred completion, transactions processed newest member fir
 auto-finalize and auto-dismiss.  Every status change goes through
 :meth:`JobRegistry.transition`, which checks the transition table and emits
 JOB_STATUS_CHANGE.  Each job's work runs as an asyncio task and reacts to pause and cancel at
-its pause points; commands that only signal a job (pause, resume, cancel, complete,
-set-speed) reply first, and the job's reaction follows as events.
+its pause points; its blocking I/O runs through :meth:`Job.io` in worker threads that a
+forced cancel abandons (a stuck write never holds a job or the daemon).  Commands that only
+signal a job (pause, resume, cancel, complete, set-speed) reply first, and the job's
+reaction follows as events.
 """
 
 from __future__ import annotations
@@ -284,6 +286,9 @@ class Job:
             waiter = loop.create_task(self._wait())
             try:
                 await asyncio.wait((fut, waiter), return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # the task itself is cancelled: drop the call's result
+                fut.cancel()
+                raise
             finally:
                 waiter.cancel()
             if fut.done():
