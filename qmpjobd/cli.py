@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__, config, plugins
 from .address import AddressError, parse_host_port
 from .colo.guest import PATTERNS, Guest, Workload
+from .jobs.core import DEFAULT_SHUTDOWN_GRACE
 from .paths import default_socket
 from .server import Access, Limits, Server, StartupError
 from .server.trace import Tracer
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negotiation-timeout", type=_seconds, default=0.0, metavar="SECONDS",
                    help="close a client that has not sent qmp_capabilities within this time "
                         "(default 0: never, as QEMU)")
+    p.add_argument("--shutdown-grace", type=_seconds, default=DEFAULT_SHUTDOWN_GRACE,
+                   metavar="SECONDS",
+                   help="at quit or SIGTERM, how long all jobs together may take to end once "
+                        "cancelled before the daemon exits without them (default "
+                        f"{DEFAULT_SHUTDOWN_GRACE:g}; stuck I/O is never waited for)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="load a plug-in (a module name or a .py file) and call its "
                         "register(vm); repeatable")
@@ -297,6 +303,7 @@ async def serve(args: argparse.Namespace) -> int:
     vm = Vm(version=args.qemu_version, package=package, name=args.name, guest=guest,
             incoming=args.incoming, paused=args.paused, compat=args.qemu_compat,
             colo_tls=colo_tls)
+    vm.jobs.shutdown_grace = args.shutdown_grace
     try:
         plugins.register_all(args.plugin, vm)
     except plugins.PluginError as e:

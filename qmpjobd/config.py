@@ -46,8 +46,8 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
 
 
 def _scalar(action: argparse.Action, key: str, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ConfigError(f"key '{key}' expects a string or an integer")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"key '{key}' expects a string or a number")
     if action.metavar == "OCTAL" and not isinstance(value, str):
         raise ConfigError(f"key '{key}' expects a string such as \"0660\" (a TOML integer "
                           "would be read in decimal)")
@@ -106,6 +106,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if type(value) is int:
         return str(value)
+    if type(value) is float:
+        return repr(value)
     if isinstance(value, tuple):  # a version triple or a (host, port) pair
         if len(value) == 3:
             return _toml(".".join(map(str, value)))

@@ -120,6 +120,7 @@ class Vm:
         if self._stopping is not None:
             return
         self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+        self.jobs.shutdown()  # no new job from here on, before any other request is read
 
         async def stop() -> None:
             self._end_replication()

@@ -6,8 +6,11 @@ speed limit, a pause in the middle, and errors retried under the ignore and stop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -545,3 +548,145 @@ def test_out_of_range_errno_is_an_io_error(qmp: Client, files: tuple[Path, Path]
     msgs = events_until(c, "null")
     done = [m["data"] for m in msgs if m.get("event") == "BLOCK_JOB_COMPLETED"]
     assert done[0]["error"] == "Input/output error"
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O that never returns (a frozen file system): null-co's latency-ns keeps a worker thread
+# blocked in a real sleep inside the write, as a stuck pwrite would
+
+STUCK_NS = 120 * 10**9
+"""Longer than any test runs: the call stays stuck for the whole test."""
+
+STUBBORN_PLUGIN = '''
+import asyncio
+from qmpjobd.jobs import Job, add_job_command
+
+class Stubborn(Job):
+    """Ignores cancellation: never reaches a pause point."""
+    job_type = "x-stubborn"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+
+def register(server):
+    add_job_command(server.registry, server.jobs, "x-stubborn", Stubborn.job_type, {},
+                    lambda a: Stubborn(a["job-id"]))
+'''
+
+
+def start_stuck_backups(c: Client, src: Path, count: int) -> None:
+    """``count`` backups of ``src`` to null-co targets whose every request is stuck."""
+    assert c.cmd("blockdev-add", {"driver": "file", "node-name": "src",
+                                  "filename": str(src)}) == {"return": {}}
+    for i in range(count):
+        assert c.cmd("blockdev-add", {"driver": "null-co", "node-name": f"stuck{i}",
+                                      "size": 8 * MIB, "latency-ns": STUCK_NS}) == {"return": {}}
+        assert c.cmd("blockdev-backup", {"job-id": f"bk{i}", "device": "src",
+                                         "target": f"stuck{i}", "sync": "full"}) == {"return": {}}
+
+
+def test_sigterm_with_jobs_stuck_in_io_exits_promptly(tmp_path: Path,
+                                                      files: tuple[Path, Path]) -> None:
+    """Three backups stuck in a write: SIGTERM cancels them all (QEMU's events, newest
+    first) without waiting for the stuck calls, and the process exits (it used to wait
+    30 s per job, then linger on the stuck threads after its socket was gone)."""
+    src, _ = files
+    d = start_qmpjobd(str(tmp_path), name="stuck.sock")
+    with Client(d.path) as c:
+        c.negotiate()
+        start_stuck_backups(c, src, 3)
+        jobs = c.cmd("query-block-jobs")["return"]
+        assert [(j["device"], j["status"], j["offset"]) for j in jobs] == [
+            ("bk2", "running", 0), ("bk1", "running", 0), ("bk0", "running", 0)]
+        d.proc.send_signal(signal.SIGTERM)
+        msgs = []
+        with contextlib.suppress(EOFError, ConnectionResetError):
+            while True:
+                msgs.append(c.recv())
+    assert d.proc.wait(15) == 0  # the default grace is 5 s, and nothing needs it here
+    # as QEMU 7.2: all paused (in the order of their targets' creation), then newest first
+    # each resumed and cancelled
+    flicker = [("bk0", "paused"), ("bk1", "paused"), ("bk2", "paused")]
+    ends = [(j, s) for n in (2, 1, 0) for j, s in ((f"bk{n}", "running"),
+                                                   (f"bk{n}", "aborting"),
+                                                   (f"bk{n}", "BLOCK_JOB_CANCELLED"),
+                                                   (f"bk{n}", "concluded"), (f"bk{n}", "null"))]
+    seen = [(m["data"].get("id", m["data"].get("device")),
+             m["data"]["status"] if m["event"] == "JOB_STATUS_CHANGE" else m["event"])
+            for m in msgs[1:]]
+    assert msgs[0]["event"] == "SHUTDOWN" and seen == flicker + ends
+    assert not os.path.exists(d.path)
+
+
+def test_shutdown_grace_bounds_all_jobs_together_and_no_job_starts_after_shutdown(
+        tmp_path: Path, files: tuple[Path, Path]) -> None:
+    """Two jobs that ignore cancellation share one --shutdown-grace (not one each); from
+    SHUTDOWN on, a new job is refused with a GenericError (QEMU reads no more commands)."""
+    src, _ = files
+    plugin = tmp_path / "stubborn.py"
+    plugin.write_text(STUBBORN_PLUGIN)
+    d = start_qmpjobd(str(tmp_path), "--plugin", str(plugin), "--shutdown-grace", "2",
+                      name="grace.sock")
+    with Client(d.path) as c, Client(d.path) as late:
+        c.negotiate()
+        late.negotiate()
+        assert c.cmd("blockdev-add", {"driver": "file", "node-name": "src",
+                                      "filename": str(src)}) == {"return": {}}
+        assert c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n",
+                                      "size": 8 * MIB}) == {"return": {}}
+        for name in ("s1", "s2"):
+            assert c.cmd("x-stubborn", {"job-id": name}) == {"return": {}}
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        while late.recv().get("event") != "SHUTDOWN":
+            pass
+        refused = {"class": "GenericError",
+                   "desc": "qmpjobd is shutting down: no new jobs are accepted"}
+        assert late.cmd("blockdev-backup", {"job-id": "new", "device": "src", "target": "n",
+                                            "sync": "full"}) == {"error": refused}
+        assert late.cmd("x-stubborn", {"job-id": "s3"}) == {"error": refused}
+        assert late.cmd("transaction", {"actions": [{"type": "blockdev-backup", "data": {
+            "job-id": "t", "device": "src", "target": "n", "sync": "full"}}]}) == {
+            "error": refused}
+        assert late.cmd("query-status")["return"]["status"] == "running"  # still served
+    assert d.proc.wait(15) == 0
+    took = time.monotonic() - start
+    assert took < 2 * 2, f"two stubborn jobs held the exit for {took:.1f} s (grace 2 s)"
+    log = d.stderr()
+    assert "s2 still running at the end of the 2.0 s shutdown grace" in log
+    assert "s1 still running" in log
+
+
+def _open_fds(pid: int, path: Path) -> int:
+    fd_dir = f"/proc/{pid}/fd"
+    return sum(1 for fd in os.listdir(fd_dir)
+               if os.path.realpath(os.path.join(fd_dir, fd)) == str(path))
+
+
+def test_cancel_concludes_a_job_stuck_in_io_and_closes_its_file_only_later(
+        tmp_path: Path, files: tuple[Path, Path], daemon: Daemon) -> None:
+    """job-cancel of a backup whose read is stuck: the job concludes at once (QEMU's
+    events); the target it opened stays open until the stuck call returns, then closes."""
+    _, dst = files
+    dst.write_bytes(b"\xaa" * (8 * MIB))
+    c = Client(daemon.path)
+    c.negotiate()
+    assert c.cmd("blockdev-add", {"driver": "null-co", "node-name": "slow", "size": 8 * MIB,
+                                  "read-zeroes": True, "latency-ns": 3 * 10**9}) == {
+        "return": {}}
+    assert c.cmd("drive-backup", {"job-id": "bk", "device": "slow", "target": str(dst),
+                                  "sync": "full", "mode": "existing"}) == {"return": {}}
+    assert c.cmd("job-cancel", {"id": "bk"}) == {"return": {}}
+    msgs = events_until(c, "null")
+    assert names(msgs) == ["aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"]
+    assert msgs[1]["data"] == {"device": "bk", "len": 8 * MIB, "offset": 0, "speed": 0,
+                               "type": "backup"}
+    assert _open_fds(daemon.pid, dst) == 1  # the stuck read still holds the target
+    deadline = time.monotonic() + 15
+    while _open_fds(daemon.pid, dst) and time.monotonic() < deadline:
+        time.sleep(0.05)  # no event tells when a kernel call returns: poll the fd table
+    assert _open_fds(daemon.pid, dst) == 0
+    assert dst.read_bytes() == b"\xaa" * (8 * MIB)  # the abandoned call wrote nothing
+    assert c.cmd("query-jobs") == {"return": []}
+    c.close()

@@ -559,3 +559,40 @@ def test_x_job_events_only_for_clients_that_ask(tmp_path: Path) -> None:
         assert names(_until_event(asks, "null", "j")) == [
             "created", "running", "waiting", "pending", "JOB_COMPLETED", "concluded", "null"]
     d.stop()
+
+
+def test_rate_limit_is_qemus_ratelimit() -> None:
+    """include/qemu/ratelimit.h: once a 100 ms slice's quota is used up, the delay stretches
+    the slice by the excess as a fraction of slices (no rounding down to whole slices)."""
+    from qmpjobd.jobs.core import RateLimit
+    mib = 1 << 20
+    limit = RateLimit()
+    assert limit.account(mib, 0.0) == 0.0  # no speed: no limit
+    limit.set_speed(int(10.5 * mib))  # quota 1.05 MiB per slice
+    assert limit.account(mib, 0.0) == 0.0
+    assert limit.account(0, 0.0) == 0.0
+    assert limit.account(mib, 0.0) == pytest.approx(2 / 1.05 * 0.1)  # 2 MiB in 190.5 ms
+    assert limit.account(0, 0.19) == pytest.approx(2 / 1.05 * 0.1 - 0.19)  # still waiting
+    assert limit.account(0, 0.191) == 0.0  # the stretched slice is over: a new one
+    limit.set_speed(16 * mib)  # a higher speed gives a shorter delay for the same bytes
+    limit.account(2 * mib, 0.191)
+    assert limit.account(0, 0.191) == pytest.approx(0.125)
+    limit.set_speed(1)
+    assert limit.quota == 1.0  # at least one byte per slice
+
+
+def test_shutdown_grace_option_and_config_key(tmp_path: Path) -> None:
+    from qmpjobd import cli, config
+    assert cli.parse_args([])[1].shutdown_grace <= 5
+    conf = tmp_path / "q.toml"
+    conf.write_text("shutdown-grace = 2.5\n")
+    parser, args = cli.parse_args(["--config", str(conf)])
+    assert args.shutdown_grace == 2.5
+    assert "shutdown-grace = 2.5\n" in config.render(parser, args)
+    assert cli.parse_args(["--config", str(conf), "--shutdown-grace", "1"])[1].shutdown_grace \
+        == 1.0
+    conf.write_text("shutdown-grace = -1\n")
+    with pytest.raises(config.ConfigError, match="shutdown-grace"):
+        config.load(parser, str(conf))
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--shutdown-grace", "soon"])

@@ -41,6 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,20 @@ TIMEOUT = 10.0
 """Seconds to wait for any one message before the script is abandoned for that server."""
 
 
+def connect(path: str, timeout: float = TIMEOUT) -> Client:
+    """A client on ``path``.  QEMU's single-client monitor refuses a connection for a moment
+    while it has not yet noticed that the previous client (or the start-up probe) left, so a
+    refused connection is retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(path, timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # nothing to wait on but the listening socket: poll it
+
+
 class Abandoned(Exception):
     """The server did not send what the script waits for (or closed the connection)."""
 
@@ -92,12 +108,16 @@ class Run:
 
     def __init__(self, path: str, root: Path) -> None:
         self.root = root
-        self.client = Client(path, timeout=TIMEOUT)
+        self.client = connect(path)
         self.client.negotiate()
         self.steps: list[Step] = [Step("(after negotiation)")]
         self.received: list[Any] = []
         self.cursor = 0  # wait() looks at messages from here on
         self.n = 0
+        self.completed = False
+        """The script ran to its end (set by :func:`differential`)."""
+        self.abandoned_at = ""
+        """The step at which the script was abandoned, if it was."""
 
     def close(self) -> None:
         self.client.close()
@@ -168,9 +188,18 @@ class Run:
         self.cursor = end
 
     def until_eof(self) -> None:
-        """After quit: read the rest; the connection must close."""
+        """After quit: read the rest; the connection must close (a timeout abandons)."""
         while True:
-            self._read()
+            try:
+                msg = self.client.recv()
+            except (EOFError, ConnectionResetError):
+                self.steps[-1].msgs.append({"__eof__": True})
+                return
+            except TimeoutError:
+                self.steps[-1].msgs.append({"__timeout__": f"nothing for {TIMEOUT:.0f}s"})
+                raise Abandoned from None
+            self.steps[-1].msgs.append(msg)
+            self.received.append(msg)
 
     def fact(self, label: str, value: Any) -> None:
         """Record something that is not on the wire (e.g. file contents) for comparison."""
@@ -303,8 +332,9 @@ def differential(qemu: Daemon, daemon: Daemon, tmp_path: Path, files: dict[str, 
         run = Run(server.path, root)
         try:
             script(run)
+            run.completed = True
         except Abandoned:
-            pass
+            run.abandoned_at = run.steps[-1].label
         finally:
             run.close()
         runs.append(run)
@@ -314,7 +344,14 @@ def differential(qemu: Daemon, daemon: Daemon, tmp_path: Path, files: dict[str, 
             for step in run.steps:
                 texts = [_short(_canon(m, step, run.root)) for m in step.msgs]
                 print(f"-> {step.label}\n   " + "\n   ".join(texts))
+    # a scenario QEMU did not play to its end proves nothing: never let it pass
+    if not runs[0].completed:
+        pytest.fail(f"QEMU 7.2 did not complete the script (abandoned at step "
+                    f"{runs[0].abandoned_at!r}): {script.__name__}", pytrace=False)
     problems = compare(*runs)
+    if not runs[1].completed:
+        problems.append(f"qmpjobd did not complete the script (abandoned at step "
+                        f"{runs[1].abandoned_at!r})")
     if problems:
         pytest.fail("QEMU 7.2 and qmpjobd differ:\n" + "\n".join(problems), pytrace=False)
     return runs[0], runs[1]
@@ -691,6 +728,178 @@ def test_query_right_after_start_of_speed_limited_backup(qemu: Daemon, daemon: D
 
 
 # ---------------------------------------------------------------------------------------------
+# 10. jobs that share a source: a drain when one ends pauses and resumes the others
+
+
+SHARED_NODES = ("src", "src2", "d0", "d1", "d2", "d3")
+
+
+def script_shared_source_drains(r: Run) -> None:
+    for node in SHARED_NODES:
+        r.file_node(node, f"{node}.img")
+    slow = {"b0", "b1", "b2"}
+    # b0 copies another source; b1 and b2 copy src, rate limited so that they keep running
+    r.cmd("blockdev-backup", backup("src2", "d0", "b0", speed=MIB), vary=slow)
+    r.cmd("blockdev-backup", backup("src", "d1", "b1", speed=MIB), vary=slow)
+    r.cmd("blockdev-backup", backup("src", "d2", "b2", speed=MIB), vary=slow)
+    # b3 copies src at full speed: its start drains everything (oldest job first), its end
+    # drops its filter under b2's and b1's, which flicker; b0 does not
+    r.cmd("blockdev-backup", backup("src", "d3", "b3"), vary=slow)
+    r.status("b3", "null")
+    r.fact("d3.img == src.img", r.same("d3.img", "src.img"))
+    r.cmd("query-block-jobs", vary=True)
+    # cancelling the newer of two backups of src drains the older one; not the other way
+    r.cmd("job-cancel", {"id": "b2"}, vary=slow)
+    r.status("b2", "null")
+    r.cmd("job-cancel", {"id": "b0"}, vary=slow)
+    r.status("b0", "null")
+    r.cmd("job-cancel", {"id": "b1"}, vary=slow)
+    r.status("b1", "null")
+    r.cmd("query-jobs")
+
+
+def test_shared_source_drains_flicker_other_jobs(qemu: Daemon, daemon: Daemon,
+                                                 tmp_path: Path) -> None:
+    differential(qemu, daemon, tmp_path, images(src=16, src2=16, d0="16", d1="16", d2="16",
+                                                d3="16"), script_shared_source_drains)
+
+
+def script_shared_source_drains_and_clean_up(r: Run) -> None:
+    script_shared_source_drains(r)
+    for node in reversed(SHARED_NODES):
+        r.cmd("blockdev-del", {"node-name": node})
+
+
+def test_shared_source_drains_in_one_order_every_time(qemu: Daemon, daemon: Daemon,
+                                                     tmp_path: Path) -> None:
+    repeated(qemu, daemon, tmp_path, images(src=16, src2=16, d0="16", d1="16", d2="16",
+                                            d3="16"), script_shared_source_drains_and_clean_up)
+
+
+def script_quit_with_three_backups(r: Run) -> None:
+    for node in ("src", "src2", "d1", "d2", "d3"):
+        r.file_node(node, f"{node}.img")
+    slow = {"b1", "b2", "b3"}
+    # targets created in job order: a drain of everything then pauses the jobs in one order
+    # in QEMU whether the newest one is still busy with its first chunk or not
+    r.cmd("blockdev-backup", backup("src2", "d1", "b1", speed=MIB), vary=slow)
+    r.cmd("blockdev-backup", backup("src", "d2", "b2", speed=MIB), vary=slow)
+    r.cmd("blockdev-backup", backup("src", "d3", "b3", speed=MIB), vary=slow)
+    # all paused (drain_all_begin, never ended); then newest first, each resumed and
+    # cancelled: b3's end does not flicker b2 (paused already)
+    r.cmd("quit", vary=True)
+    r.until_eof()
+
+
+def test_quit_with_three_backups(qemu: Daemon, daemon: Daemon, tmp_path: Path) -> None:
+    differential(qemu, daemon, tmp_path, images(src=16, src2=16, d1="16", d2="16", d3="16"),
+                 script_quit_with_three_backups)
+    assert qemu.proc.wait(10) == 0
+    assert daemon.proc.wait(10) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. a failing grouped transaction: one global event order, the same on every run
+
+REPEATS = 20
+
+
+def events_of(run: Run) -> list[str]:
+    """Every event of a run in arrival order (canonical, volatile counts masked)."""
+    return [_canon(m, step, run.root) for step in run.steps for m in step.msgs
+            if isinstance(m, dict) and "event" in m]
+
+
+def repeated(qemu: Daemon, daemon: Daemon, tmp_path: Path, files: dict[str, bytes | int],
+             script: Script, repeats: int = REPEATS) -> None:
+    """Run ``script`` ``repeats`` times on QEMU and then on qmpjobd (one connection each
+    time; the script removes its nodes at the end).  QEMU must complete it and give one
+    event order every time (else the scenario is not deterministic enough to compare),
+    and qmpjobd must give that same order every time."""
+    orders: dict[str, list[list[str]]] = {}
+    for name, server in (("QEMU 7.2", qemu), ("qmpjobd", daemon)):
+        root = tmp_path / name.split()[0].lower()
+        root.mkdir()
+        for fname, content in files.items():
+            with open(root / fname, "wb") as f:
+                if isinstance(content, int):
+                    f.truncate(content)
+                else:
+                    f.write(content)
+        orders[name] = []
+        for i in range(repeats):
+            run = Run(server.path, root)
+            try:
+                script(run)
+            except Abandoned:
+                pytest.fail(f"{name} did not complete run {i + 1} of {script.__name__} "
+                            f"(abandoned at {run.steps[-1].label!r})", pytrace=False)
+            finally:
+                run.close()
+            orders[name].append(events_of(run))
+    reference = orders["QEMU 7.2"][0]
+    for name, runs in orders.items():
+        for i, order in enumerate(runs):
+            if order != reference:
+                pytest.fail(f"{name} run {i + 1} of {repeats}: event order differs from QEMU "
+                            "7.2's first run:\n  QEMU:    " + " | ".join(map(_short, reference))
+                            + f"\n  {name}: " + " | ".join(map(_short, order)), pytrace=False)
+
+
+def _grouped_failure_script(failing: str) -> Script:
+    """b1 and b2 in one grouped transaction: the ``failing`` one reads through blkdebug
+    and fails on its first read, the other is rate limited and surely still running."""
+    def script(r: Run) -> None:
+        r.file_node("big", "big.img")
+        r.file_node("dstbig", "dstbig.img")
+        r.file_node("src", "src.img")
+        dev = blkdebug_raw(r)
+        r.file_node("dst", "dst.img")
+        flags = {"auto-dismiss": False}
+        data = {job: (backup(dev, "dst", job, **flags) if job == failing else
+                      backup("big", "dstbig", job, speed=MIB, **flags)) for job in ("b1", "b2")}
+        r.cmd("transaction", {"actions": [
+            {"type": "blockdev-backup", "data": data["b1"]},
+            {"type": "blockdev-backup", "data": data["b2"]},
+        ], "properties": {"completion-mode": "grouped"}}, vary=True, signal=True)
+        r.statuses(("b1", "concluded"), ("b2", "concluded"))
+        r.cmd("query-jobs", vary=True)
+        r.cmd("job-dismiss", {"id": "b1"})
+        r.cmd("job-dismiss", {"id": "b2"})
+        for node in ("dst", "dbgraw", "dbg", "src", "dstbig", "big"):
+            r.cmd("blockdev-del", {"node-name": node})
+    script.__name__ = f"grouped_failure_of_{failing}"
+    return script
+
+
+@pytest.mark.parametrize("failing", ["b2", "b1"])
+def test_grouped_failure_event_order_is_stable(qemu: Daemon, daemon: Daemon, tmp_path: Path,
+                                               failing: str) -> None:
+    """The failing member's end and the cancelled member's end never interleave: members
+    are finalized newest first, each still running one only woken in its turn (the
+    cancelled job's ``aborting`` used to come before the failed one's COMPLETED now and
+    then)."""
+    repeated(qemu, daemon, tmp_path, images(big=16, dstbig="16", src=4, dst="4"),
+             _grouped_failure_script(failing))
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner itself: a script that QEMU does not play to its end must fail the test
+
+
+def script_abandoned_early(r: Run) -> None:
+    r.file_node("src", "missing.img")  # no such file: both servers refuse, the script stops
+    r.cmd("query-jobs")
+
+
+def test_runner_fails_a_script_qemu_did_not_complete(qemu: Daemon, daemon: Daemon,
+                                                     tmp_path: Path) -> None:
+    """Both servers stop at the same step, so the transcripts agree; that must not pass."""
+    with pytest.raises(pytest.fail.Exception, match=r"QEMU 7\.2 did not complete the script"):
+        differential(qemu, daemon, tmp_path, {}, script_abandoned_early)
+
+
+# ---------------------------------------------------------------------------------------------
 # the comparison itself (no servers): what it tolerates and what it does not
 
 
@@ -736,3 +945,111 @@ def test_comparison_rules(tmp_path: Path) -> None:
     assert compare(a, b)
     b.steps[0].msgs = [{"event": done["event"], "data": {"len": 8, "device": "b1", "offset": 1}}]
     assert compare(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. speed: the rate a client sees, against QEMU 7.2's (include/qemu/ratelimit.h)
+
+SPEED_CASES = ((4, 8), (10.5, 16), (16, 24), (64, 64))
+"""(speed in MiB/s, image size in MiB): each copy is limit-bound for about 1.5 s."""
+
+RATE_TOLERANCE = 0.05
+
+
+def _timed_copy(path: str, root: Path, kind: str, size_mib: int, speed: float,
+                change: tuple[float, float] | None = None) -> float:
+    """Start a backup (time to BLOCK_JOB_COMPLETED) or a mirror (time to BLOCK_JOB_READY)
+    of ``size_mib`` at ``speed`` MiB/s; with ``change`` = (after s, new speed) a
+    block-job-set-speed is sent that long after the start.  Returns the rate in MiB/s as a
+    client sees it: the image size over the time from the start command's reply."""
+    src = root / f"src{size_mib}.img"
+    if not src.exists():
+        src.write_bytes(os.urandom(size_mib * MIB))
+    dst = root / "dst.img"
+    with open(dst, "wb") as f:
+        f.truncate(size_mib * MIB)
+    with connect(path, timeout=60) as c:
+        c.negotiate()
+        for node, image in (("s", src), ("d", dst)):
+            assert "return" in c.cmd("blockdev-add", {"driver": "file", "node-name": node,
+                                                      "filename": str(image)})
+        done = "BLOCK_JOB_COMPLETED" if kind == "blockdev-backup" else "BLOCK_JOB_READY"
+        reply = c.cmd(kind, {"job-id": "j", "device": "s", "target": "d", "sync": "full",
+                             "speed": int(speed * MIB)})
+        start = time.monotonic()
+        assert "return" in reply, reply
+        while True:
+            if change is not None:  # read events until it is time for the change
+                c.sock.settimeout(max(0.001, start + change[0] - time.monotonic()))
+                try:
+                    msg = c.recv()
+                except TimeoutError:
+                    c.sock.settimeout(60)
+                    c.send(orjson.dumps({"execute": "block-job-set-speed", "arguments": {
+                        "device": "j", "speed": int(change[1] * MIB)}}) + b"\n")
+                    change = None
+                    continue
+            else:
+                msg = c.recv()
+            if msg.get("event") == done:
+                rate = size_mib / (time.monotonic() - start)
+                break
+        assert msg["data"]["offset"] == size_mib * MIB, msg
+        if kind != "blockdev-backup":
+            c.cmd("job-cancel", {"id": "j"})
+            until = c.recv()
+            while until.get("event") != "BLOCK_JOB_CANCELLED":
+                until = c.recv()
+        for node in ("d", "s"):
+            c.cmd("blockdev-del", {"node-name": node})
+    return rate
+
+
+def _compared_rate(qemu: Daemon, daemon: Daemon, tmp_path: Path, kind: str, size: int,
+                   speed: float, change: tuple[float, float] | None = None) -> float:
+    """qmpjobd's rate, after checking it against QEMU's, measured alternately.
+
+    On a loaded machine a single run can be off either way, so each side's median run is
+    compared; while the medians differ by more than the tolerance another pair is measured
+    (five pairs at most)."""
+    roots = tmp_path / "q", tmp_path / "d"
+    for root in roots:
+        root.mkdir(exist_ok=True)
+    pairs: list[tuple[float, float]] = []
+    while True:
+        q = _timed_copy(qemu.path, roots[0], kind, size, speed, change)
+        d = _timed_copy(daemon.path, roots[1], kind, size, speed, change)
+        pairs.append((q, d))
+        mid_q = statistics.median(p[0] for p in pairs)
+        mid_d = statistics.median(p[1] for p in pairs)
+        if abs(mid_d / mid_q - 1) <= RATE_TOLERANCE or len(pairs) == 5:
+            break
+    label = f"{kind} {size} MiB at {speed} MiB/s" + (f", then {change[1]} MiB/s after "
+                                                     f"{change[0]} s" if change else "")
+    print(f"{label}: QEMU/qmpjobd MiB/s " + ", ".join(f"{q:.2f}/{d:.2f}" for q, d in pairs))
+    assert abs(mid_d / mid_q - 1) <= RATE_TOLERANCE, (
+        f"{label}: qmpjobd's median rate is {mid_d / mid_q:.3f}x QEMU 7.2's (pairs {pairs})")
+    return mid_d
+
+
+@pytest.mark.parametrize("kind", ["blockdev-backup", "blockdev-mirror"])
+def test_speed_gives_qemus_rate(qemu: Daemon, daemon: Daemon, tmp_path: Path,
+                                kind: str) -> None:
+    """Every speed gives the rate QEMU 7.2 gives (within 5 %), and a higher limit a higher
+    rate (10.5 MiB/s used to run at 18.8 MiB/s, faster than 16 MiB/s)."""
+    rates = [_compared_rate(qemu, daemon, tmp_path, kind, size, speed)
+             for speed, size in SPEED_CASES]
+    assert rates == sorted(rates) and len(set(rates)) == len(rates), rates
+
+
+@pytest.mark.parametrize(("kind", "size", "change"), [
+    ("blockdev-backup", 24, (4, (1.0, 16))),
+    ("blockdev-mirror", 32, (16, (0.5, 64))),
+])
+def test_set_speed_mid_job_gives_qemus_rate(qemu: Daemon, daemon: Daemon, tmp_path: Path,
+                                            kind: str, size: int,
+                                            change: tuple[float, tuple[float, float]]) -> None:
+    """block-job-set-speed while the job sleeps in the limiter: the new limit applies at
+    once (the sleep is recomputed), as in QEMU 7.2."""
+    speed, later = change
+    _compared_rate(qemu, daemon, tmp_path, kind, size, speed, later)

@@ -7,7 +7,6 @@ otherwise), one chunk at a time, so the event loop stays free and pause, cancel 
 
 from __future__ import annotations
 
-import asyncio
 import errno as errnos
 import os
 from collections.abc import Callable
@@ -53,6 +52,8 @@ class BackupJob(Job):
         """Called once the job lets go of its nodes (the graph closes orphaned ones)."""
         self.owns_target = False
         """drive-backup opened the target itself and closes it when the job ends."""
+        self.files = [*source.files(), *target.files()]
+        """The files the worker threads use: closing them waits until a call returns."""
         self.total_progress = source.length
         """Known before the start command replies, as in QEMU (whose job coroutine sets it
         before its first yield)."""
@@ -66,6 +67,7 @@ class BackupJob(Job):
         self.target.job_targets.add(self.job_type)
 
     def clean(self) -> None:
+        self._drop_filter()
         self.source.users.discard(self.id)
         self.target.users.discard(self.id)
         self.target.job_targets.discard(self.job_type)
@@ -74,26 +76,48 @@ class BackupJob(Job):
         if self.on_clean is not None:
             self.on_clean()
 
+    def drain_rank(self) -> int:
+        """A drain of all nodes reaches the job first through its target (the nodes it
+        reads from are reached through its filter, which is newer)."""
+        return self.target.serial
+
+    def _drop_filter(self) -> None:
+        """What QEMU 7.2 shows when a backup's copy-before-write filter leaves the graph:
+        the filters of older backups of the same source sit above it and are drained with
+        it, so those jobs (still running) flicker paused/running, newest first."""
+        reg = self.registry
+        if self.job_type != "backup" or reg is None or self not in reg.jobs:
+            return
+        older = reg.jobs[reg.jobs.index(self) + 1:]
+        reg.release(reg.quiesce(lambda j: j in older and j.job_type == "backup"
+                                and isinstance(j, BackupJob) and j.source is self.source))
+
     async def run(self) -> None:
         await self.copy_all()
-        await asyncio.to_thread(self.target.flush)
+        # QEMU's backup does not flush the target; durability without delaying completion
+        self.io_background(self.target.flush, hold=self.files)
 
     async def copy_all(self) -> None:
-        """One pass over the source, CHUNK by CHUNK, with progress, policies and speed."""
+        """One pass over the source, CHUNK by CHUNK, with progress, policies and speed.
+
+        As block-copy: wait while the slice's quota is used up, charge the chunk, copy it
+        (so the last chunk goes out without a wait)."""
         length = self.source.length
         self.set_progress(0, length)
         offset = 0
         while offset < length:
             n = min(CHUNK, length - offset)
+            await self.throttle()
+            self.dispatched(n)
             await self._copy_with_policy(offset, n)
             offset += n
             self.set_progress(offset)
-            await self.rate_limit(n)
+        await self.pause_point()
 
     async def _copy_with_policy(self, offset: int, n: int) -> None:
         while True:
             try:
-                await asyncio.to_thread(self._copy, offset, n)
+                await self.io(self._copy, offset, n, hold=self.files)
                 return
             except BlockIOError as e:
                 policy = self.on_source_error if e.operation == "read" else self.on_target_error
@@ -134,6 +158,8 @@ class BackupJob(Job):
             data = self.source.pread(offset, n)
         except OSError as e:
             raise BlockIOError("read", e.errno or errnos.EIO) from None
+        if self.is_cancelled:  # the read was stuck and the job has been cancelled meanwhile
+            return
         try:
             self.target.pwrite(offset, data)
         except OSError as e:

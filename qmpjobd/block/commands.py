@@ -87,6 +87,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
 
     def copy_command(cls: type[BackupJob], drive: bool) -> Any:
         def handler(args: dict[str, Any], session: Session) -> None:
+            jobs.check_accepting()
             if cls is not BackupJob:  # mirror does not drain
                 jobs.start(prepare(args, cls, drive))
                 return
@@ -99,12 +100,13 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             try:
                 job = prepare(args, cls, drive)
                 jobs.start(job)
-                held += jobs.quiesce(lambda j: j is job)
+                held = jobs.quiesce(lambda j: j is job) + held  # it resumes first
             finally:
                 jobs.release(held)
         return handler
 
     def transaction(args: dict[str, Any], session: Session) -> None:
+        jobs.check_accepting()
         actions = args["actions"]
         grouped = args.get("properties", {}).get("completion-mode") == "grouped"
         txn = Txn() if grouped else None

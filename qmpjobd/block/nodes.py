@@ -7,9 +7,11 @@ the event loop never waits on a disk.  Errors are OSError with the errno QEMU wo
 from __future__ import annotations
 
 import errno as errnos
+import itertools
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,11 @@ class BlockNode:
 
     driver = ""
 
+    _serials = itertools.count()
+
     def __init__(self, node_name: str, read_only: bool = False) -> None:
+        self.serial = next(self._serials)
+        """Creation order: QEMU walks nodes in this order when it drains them all."""
         self.node_name = node_name
         self.read_only = read_only
         self.children: list[BlockNode] = []
@@ -99,6 +105,10 @@ class BlockNode:
         """The file under this node if reads and writes pass through unchanged, else None."""
         return None
 
+    def files(self) -> list[FileNode]:
+        """Every file node this node's I/O reaches (what a worker thread must hold)."""
+        return [f for child in self.children for f in child.files()]
+
     def filename(self) -> str:
         """The file name shown in query-named-block-nodes."""
         return self.children[0].filename() if self.children else ""
@@ -114,6 +124,9 @@ class FileNode(BlockNode):
         super().__init__(node_name, read_only)
         self.path = path
         self.fd = open_image(path, read_only, create_size)
+        self._lock = threading.Lock()
+        self._holds = 0
+        self._closing = False
 
     @property
     def length(self) -> int:
@@ -135,8 +148,32 @@ class FileNode(BlockNode):
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
+    def hold(self) -> None:
+        """A worker thread is about to use the descriptor: a close waits for it."""
+        with self._lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        """The worker's call returned (possibly long after its job gave up on it)."""
+        with self._lock:
+            self._holds -= 1
+            close = self._closing and self._holds == 0
+        if close:
+            os.close(self.fd)
+
     def close(self) -> None:
-        os.close(self.fd)
+        """Close the descriptor now, or when the last call that uses it returns: an
+        abandoned call stuck in the kernel must never write to a reused descriptor."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            close = self._holds == 0
+        if close:
+            os.close(self.fd)
+
+    def files(self) -> list[FileNode]:
+        return [self]
 
     def actual_size(self) -> int | None:
         return os.fstat(self.fd).st_blocks * 512
@@ -232,10 +269,17 @@ class NullNode(BlockNode):
         return self.size
 
     def pread(self, offset: int, length: int, event: bool = False) -> bytes:
+        self._delay()
         return bytes(length)
 
     def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
-        return None
+        self._delay()
+
+    def _delay(self) -> None:
+        """``latency-ns``: every request takes this long (in the worker thread)."""
+        latency = self.given.get("latency-ns", 0)
+        if latency > 0:
+            time.sleep(latency / 1e9)
 
     def actual_size(self) -> int | None:
         return 0

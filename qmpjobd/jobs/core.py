@@ -5,8 +5,10 @@ and forced cancel, deferred completion, transactions processed newest member fir
 auto-finalize and auto-dismiss.  Every status change goes through
 :meth:`JobRegistry.transition`, which checks the transition table and emits
 JOB_STATUS_CHANGE.  Each job's work runs as an asyncio task and reacts to pause and cancel at
-its pause points; commands that only signal a job (pause, resume, cancel, complete,
-set-speed) reply first, and the job's reaction follows as events.
+its pause points; its blocking I/O runs through :meth:`Job.io` in worker threads that a
+forced cancel abandons (a stuck write never holds a job or the daemon).  Commands that only
+signal a job (pause, resume, cancel, complete, set-speed) reply first, and the job's
+reaction follows as events.
 """
 
 from __future__ import annotations
@@ -15,18 +17,49 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import Any, ClassVar
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..protocol.errors import QMPError
 from ..schema import EventSink
 from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, VERB_ALLOWED
+from .workers import WORKERS
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
 CANCELED = "Operation canceled"
+SHUTTING_DOWN = "qmpjobd is shutting down: no new jobs are accepted"
+DEFAULT_SHUTDOWN_GRACE = 5.0
 JOB_EVENTS = "x-job-events"
 """The capability that turns on the generic JOB_* events."""
+
+
+class Holdable(Protocol):
+    """Something a worker thread uses that must not be released under it (a file)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def _holding(fn: Callable[..., T], args: tuple[Any, ...],
+             hold: Sequence[Holdable]) -> Callable[[], T]:
+    """``fn(*args)`` with each of ``hold`` held from now until the call returns."""
+    for h in hold:
+        h.hold()
+
+    def call() -> T:
+        try:
+            return fn(*args)
+        finally:
+            for h in hold:
+                h.release()
+    return call
 
 
 class JobError(Exception):
@@ -43,6 +76,37 @@ class Txn:
     def __init__(self) -> None:
         self.jobs: list[Job] = []
         self.aborting = False
+
+
+class RateLimit:
+    """QEMU's RateLimit (include/qemu/ratelimit.h): 100 ms slices with a quota of
+    ``speed`` x 0.1 s; once a slice's quota is used up, the delay stretches the slice by the
+    excess as a fraction of slices, so the average rate is ``speed`` for any chunk size."""
+
+    SLICE = 0.1
+    """BLOCK_JOB_SLICE_TIME, in seconds."""
+
+    def __init__(self) -> None:
+        self.quota = 0.0
+        self.slice_start = 0.0
+        self.slice_end = 0.0
+        self.dispatched = 0.0
+
+    def set_speed(self, speed: int) -> None:
+        """ratelimit_set_speed(): 0 turns throttling off."""
+        self.quota = max(speed * self.SLICE, 1.0) if speed > 0 else 0.0
+
+    def account(self, n: int, now: float) -> float:
+        """ratelimit_calculate_delay(): add ``n`` bytes; seconds to wait (0: go on)."""
+        if not self.quota:
+            return 0.0
+        if self.slice_end < now:  # the (possibly stretched) slice is over: a new one
+            self.slice_start, self.slice_end, self.dispatched = now, now + self.SLICE, 0.0
+        self.dispatched += n
+        if self.dispatched < self.quota:
+            return 0.0
+        self.slice_end = self.slice_start + self.dispatched / self.quota * self.SLICE
+        return self.slice_end - now
 
 
 class Job:
@@ -62,6 +126,8 @@ class Job:
         self.id = job_id
         self.auto_finalize = auto_finalize
         self.auto_dismiss = auto_dismiss
+        self.limit = RateLimit()
+        self._speed = 0
         self.speed = speed
         self.status = "undefined"
         self.current_progress = 0
@@ -82,8 +148,6 @@ class Job:
         """Set by wake(); created here so that a wake-up sent before the job waits is kept."""
         self._task: asyncio.Task[None] | None = None
         self._ready_sent = False
-        self._slice_start = 0.0
-        self._slice_bytes = 0
 
     # -- what a job type implements --------------------------------------------------------
 
@@ -175,25 +239,75 @@ class Job:
         await self.pause_point()
 
     async def rate_limit(self, nbytes: int) -> None:
-        """Account for ``nbytes`` of work under ``speed`` (100 ms slices, as QEMU)."""
-        loop = asyncio.get_running_loop()
-        if self.speed <= 0:
-            self._slice_bytes = 0
-            await self.pause_point()
-            return
-        now = loop.time()
-        if now - self._slice_start >= 0.1:
-            self._slice_start, self._slice_bytes = now, 0
-        self._slice_bytes += nbytes
-        quota = max(1, self.speed // 10)
-        while self._slice_bytes > quota and self.speed > 0:
-            delay = self._slice_start + 0.1 * (self._slice_bytes // quota) - loop.time()
-            if delay <= 0:
-                break
+        """``nbytes`` of work done: account for them under ``speed`` and sleep as long as the
+        limit says (block_job_ratelimit_processed_bytes + block_job_ratelimit_sleep)."""
+        self.limit.account(nbytes, time.monotonic())
+        while True:  # the delay is recomputed after every (possibly interrupted) sleep
+            delay = self.limit.account(0, time.monotonic())
             await self.sleep(delay)
-            if self.speed > 0:
-                quota = max(1, self.speed // 10)
+            if not delay or self.is_cancelled:
+                return
+
+    async def throttle(self) -> None:
+        """Before issuing more work: wait while the current slice's quota is used up (the
+        check block-copy makes before each chunk); a pause point."""
+        while (delay := self.limit.account(0, time.monotonic())) > 0:
+            await self.sleep(delay)
         await self.pause_point()
+
+    def dispatched(self, nbytes: int) -> None:
+        """Account for ``nbytes`` about to be issued (block-copy charges a chunk up front)."""
+        self.limit.account(nbytes, time.monotonic())
+
+    @property
+    def speed(self) -> int:
+        """The rate limit in bytes per second (0: none)."""
+        return self._speed
+
+    @speed.setter
+    def speed(self, value: int) -> None:
+        self._speed = value
+        self.limit.set_speed(value)
+
+    async def io(self, fn: Callable[..., T], *args: Any, hold: Sequence[Holdable] = ()) -> T:
+        """Run blocking ``fn(*args)`` in a worker thread and return its result.
+
+        A forced cancel ends the wait at once (JobCancelled), even when the call is stuck
+        (a frozen file system): the thread is abandoned and its result ignored.  Each of
+        ``hold`` is held until the call really returns, so that what it uses (a file
+        descriptor) is not closed under it.
+        """
+        fut = WORKERS.submit(_holding(fn, args, hold))
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.is_cancelled:
+                fut.cancel()
+                raise JobCancelled
+            waiter = loop.create_task(self._wait())
+            try:
+                await asyncio.wait((fut, waiter), return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # the task itself is cancelled: drop the call's result
+                fut.cancel()
+                raise
+            finally:
+                waiter.cancel()
+            if fut.done():
+                return fut.result()
+
+    def io_background(self, fn: Callable[..., Any], *args: Any,
+                      hold: Sequence[Holdable] = ()) -> None:
+        """Start blocking ``fn(*args)`` in a worker thread without waiting for it (a
+        failure is logged); ``hold`` as for :meth:`io`."""
+        fut = WORKERS.submit(_holding(fn, args, hold))
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("job %s: background I/O failed: %s", self.id, f.exception())
+        fut.add_done_callback(done)
+
+    def drain_rank(self) -> int:
+        """Where the job comes in a drain of the whole block layer (its nodes' age)."""
+        return sys.maxsize
 
     def block_event_data(self) -> dict[str, Any]:
         """``device, len, offset, speed, type`` as in BLOCK_JOB_* events."""
@@ -221,6 +335,9 @@ class JobRegistry:
         self.jobs: list[Job] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._aborts: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
+        self.shutdown_grace = DEFAULT_SHUTDOWN_GRACE
+        """Seconds all jobs together get to end at quit or SIGTERM (--shutdown-grace)."""
 
     # -- lookup and creation ---------------------------------------------------------------
 
@@ -247,6 +364,7 @@ class JobRegistry:
 
     def create(self, job: Job, txn: Txn | None = None) -> None:
         """Register a new job in ``created`` (job_create)."""
+        self.check_accepting()
         if not _JOB_ID.match(job.id):
             raise QMPError(f"Invalid job ID '{job.id}'")
         if self.find(job.id) is not None:
@@ -386,25 +504,32 @@ class JobRegistry:
         if job in self.jobs:
             self.jobs.remove(job)
 
-    def quiesce(self, only: Any = None) -> list[Job]:
+    def quiesce(self, only: Any = None, oldest_first: bool = False,
+                key: Callable[[Job], int] | None = None) -> list[Job]:
         """What a block-layer drain shows: running block jobs (all, or those ``only``
-        accepts) go ``paused`` (READY: ``standby``); user-paused jobs do not change.
-        Returns the jobs to :meth:`release` afterwards."""
-        held = [j for j in self.jobs
+        accepts) go ``paused`` (READY: ``standby``), newest first unless ``oldest_first``
+        (or in ``key`` order); user-paused jobs do not change.  Returns the jobs to
+        :meth:`release` afterwards."""
+        held = [j for j in (reversed(self.jobs) if oldest_first else self.jobs)
                 if j.is_block_job and j.started and j.pause_count == 0
                 and j.status in ("running", "ready") and (only is None or only(j))]
+        if key is not None:
+            held.sort(key=key)
         for job in held:
             self.transition(job, "standby" if job.status == "ready" else "paused")
         return held
 
     def release(self, held: list[Job]) -> None:
-        """End a drain: the held jobs go back to ``running`` (or ``ready``)."""
+        """End a drain: the held jobs go back to ``running`` (or ``ready``), in order."""
         for job in held:
             self.transition(job, "ready" if job.status == "standby" else "running")
 
     def drain(self) -> None:
-        """A complete drain (blockdev-backup, quit): every running block job flickers."""
-        self.release(self.quiesce())
+        """A complete drain (blockdev-backup): every running block job flickers, in the
+        order bdrv_drain_all reaches them (their nodes' age, :meth:`Job.drain_rank`).  In
+        QEMU a job busy with I/O at that moment pauses only after it, which qmpjobd, whose
+        jobs pause at once, does not reproduce."""
+        self.release(self.quiesce(key=lambda j: j.drain_rank()))
 
     # -- completion ------------------------------------------------------------------------
 
@@ -496,6 +621,10 @@ class JobRegistry:
             self.dismiss_now(job)
 
     def _txn_abort(self, job: Job) -> None:
+        """job_completed_txn_abort(): every other member is cancelled (forced); then members
+        newest first are finalized, each still running one after it has been woken and has
+        ended.  Members are only woken in their turn, so the order of the events does not
+        depend on what the other jobs are doing at that moment (as in QEMU 7.2)."""
         txn = job.txn
         if txn.aborting:
             return
@@ -503,15 +632,15 @@ class JobRegistry:
         for other in list(txn.jobs):
             if other is not job:
                 self._cancel_async(other, True)
-                other.wake()
-        if any(self._still_running(j) for j in txn.jobs):
-            task = asyncio.get_running_loop().create_task(self._abort_async(txn))
-            for pool in (self._tasks, self._aborts):
-                pool.add(task)
-                task.add_done_callback(pool.discard)
-        else:
-            while txn.jobs:
-                self._abort_one(txn.jobs[0])
+        while txn.jobs:
+            other = txn.jobs[0]
+            if self._still_running(other):
+                task = asyncio.get_running_loop().create_task(self._abort_async(txn))
+                for pool in (self._tasks, self._aborts):
+                    pool.add(task)
+                    task.add_done_callback(pool.discard)
+                return
+            self._abort_one(other)
 
     @staticmethod
     def _still_running(job: Job) -> bool:
@@ -519,11 +648,13 @@ class JobRegistry:
                 and not job._task.done())
 
     async def _abort_async(self, txn: Txn) -> None:
-        """Members newest first: each still running one is driven to its end (it then shows
-        ``aborting``) before it is finalized, as job_completed_txn_abort() does."""
+        """The rest of :meth:`_txn_abort` from the first member still running: each such
+        member is woken and driven to its end (it then shows ``aborting``) before it is
+        finalized (job_finish_sync)."""
         while txn.jobs:
             other = txn.jobs[0]
             if self._still_running(other) and other._task is not None:
+                other.wake()
                 await asyncio.wait([other._task])
             if txn.jobs and txn.jobs[0] is other:
                 self._abort_one(other)
@@ -534,25 +665,45 @@ class JobRegistry:
             self._update_rc(job)
         self._finalize_single(job)
 
-    async def cancel_all(self, grace: float = 30.0) -> None:
+    def shutdown(self) -> None:
+        """The daemon is going away (SHUTDOWN was sent): no new job from now on."""
+        self.shutting_down = True
+
+    def check_accepting(self) -> None:
+        """Refuse to start a job once shutting down (QEMU reads no command after quit)."""
+        if self.shutting_down:
+            raise QMPError(SHUTTING_DOWN)
+
+    async def cancel_all(self, grace: float | None = None) -> None:
         """quit / SIGTERM: force-cancel every job, newest first, and dismiss them all.
 
         As job_cancel_sync_all(): each job is cancelled and waited for in turn; a concluded
-        job is dismissed (a bare ``null``).  A job that ignores cancellation for ``grace``
-        seconds is dropped with a log line rather than holding the daemon up forever.
+        job is dismissed (a bare ``null``).  A forced cancel does not wait for I/O stuck in
+        the kernel (see :meth:`Job.io`); all jobs together get ``grace`` seconds (default
+        :attr:`shutdown_grace`), and those still running then (a plug-in that ignores
+        cancellation) are dropped with a log line rather than holding the daemon up.
         """
-        self.drain()
+        self.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.shutdown_grace if grace is None else grace)
+        # qemu_cleanup(): bdrv_drain_all_begin() pauses the running block jobs (in the order
+        # of the nodes they write to) and never ends; cancelling a job resumes it
+        held = self.quiesce(key=lambda j: j.drain_rank())
         while self.jobs:
             job = self.jobs[0]
             if job.status == "concluded":
                 self.dismiss_now(job)
                 continue
+            if job in held and job.status in ("paused", "standby"):
+                self.release([job])
             if job.status != "aborting":
                 self.cancel(job, True)
             try:
-                await asyncio.wait_for(self._settled(job), grace)
+                await asyncio.wait_for(self._settled(job), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                log.error("job %s ignored cancellation for %.0f s; dropping it", job.id, grace)
+                log.error("job %s still running at the end of the %.1f s shutdown grace; "
+                          "dropping it", job.id, self.shutdown_grace if grace is None
+                          else grace)
                 if job._task is not None:
                     job._task.cancel()
                 if job in self.jobs:
