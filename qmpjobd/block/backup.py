@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import QmpjobdError
 from ..jobs import Job, JobError
 from .nodes import BlockNode
 
@@ -19,7 +20,7 @@ CHUNK = 1 << 20
 """Bytes per copy step; progress advances in these steps, as QEMU's backup does."""
 
 
-class BlockIOError(Exception):
+class BlockIOError(QmpjobdError):
     """An I/O error in one direction of the copy."""
 
     def __init__(self, operation: str, err: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import address
 from ..address import Address, AddressError
+from ..errors import QmpjobdError
 
 _READ_AHEAD = 64 * 1024
 HANDSHAKE = 10.0
@@ -30,7 +31,7 @@ def parse_uri(uri: str) -> Address | None:
         return None
 
 
-class ShortRead(ConnectionError):
+class ShortRead(QmpjobdError, ConnectionError):
     """The peer closed the stream in the middle of a read; ``got`` bytes had arrived."""
 
     def __init__(self, got: int) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from ..errors import QmpjobdError
+
 CHECKPOINT_READY: Final = 0
 CHECKPOINT_REQUEST: Final = 1
 CHECKPOINT_REPLY: Final = 2
@@ -45,7 +47,7 @@ MAX_DEVICE_STATE: Final = 64 << 20
 """Largest device blob a receiver accepts (a corrupt size must not allocate unbounded memory)."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(QmpjobdError):
     """The peer sent something the protocol does not allow; replication must end."""
 
 

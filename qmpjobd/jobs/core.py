@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from ..errors import QmpjobdError
 from ..protocol.errors import QMPError
 from ..schema import EventSink
 from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, VERB_ALLOWED
@@ -62,11 +63,11 @@ def _holding(fn: Callable[..., T], args: tuple[Any, ...],
     return call
 
 
-class JobError(Exception):
+class JobError(QmpjobdError):
     """Raised by a job's ``run`` to fail it; the message becomes the job's ``error``."""
 
 
-class JobCancelled(Exception):
+class JobCancelled(QmpjobdError):
     """Raised inside ``run`` at a pause point once the job has been force-cancelled."""
 
 
