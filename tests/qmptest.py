@@ -89,13 +89,29 @@ def start_qemu(tmp: str) -> Daemon:
     return Daemon(argv, path)
 
 
+def connect_unix(path: str, timeout: float = 10.0) -> socket.socket:
+    """A socket connected to ``path``.  QEMU's single-client monitor refuses a connection for a
+    moment while it has not yet noticed that the previous client (or the start-up probe) left,
+    so a refused connection is retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # nothing to wait on but the listening socket: poll it
+
+
 class Client:
     """A raw QMP client over a real Unix socket: send bytes, read parsed lines."""
 
     def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        self.sock = connect_unix(path, timeout)
         self.buf = b""
         self.raw_lines: list[bytes] = []
         self.greeting = self.recv()
