@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import reprlib
+import sys
 from dataclasses import dataclass
 from typing import Any
 

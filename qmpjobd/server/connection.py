@@ -13,7 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol import encode
-from ..protocol.jsonstream import NEED_DATA, JSONStream, ParseError
+from ..protocol.jsonstream import NEED_DATA, PENDING, JSONStream, ParseError
 from ..protocol.session import Session
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self._out: list[bytes] | None = None
+        self._pump_soon = False
+        """A pump is scheduled: the reader paused after a slice of work, or output was full."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.debug = log.isEnabledFor(logging.DEBUG)
         """Log traffic (``<--`` in, ``-->`` out); checked once so the hot path stays cheap."""
@@ -143,7 +145,7 @@ class Connection(asyncio.Protocol):
         session = self.session
         high = self.server.limits.write_high
         counted = queued = 0
-        full = False
+        full = more = False
         try:
             while not self.closed and not self.write_paused:
                 for chunk in out[counted:]:
@@ -158,6 +160,9 @@ class Connection(asyncio.Protocol):
                     item = stream.next()
                     if item is NEED_DATA:
                         break
+                    if item is PENDING:
+                        more = True
+                        break
                     if _is_oob(item):
                         self._execute(item, dispatcher, session, out, oob=True)
                     else:
@@ -169,6 +174,9 @@ class Connection(asyncio.Protocol):
                     item = stream.next()
                     if item is NEED_DATA:
                         break
+                    if item is PENDING:  # a slice of a long message: let others run first
+                        more = True
+                        break
                 self._execute(item, dispatcher, session, out, oob=session.oob and _is_oob(item))
         finally:
             self._out = None
@@ -177,10 +185,16 @@ class Connection(asyncio.Protocol):
                 if self.debug:
                     log.debug("conn%d --> %r", self.id, data)
                 self.transport.write(data)
-        if full and not self.write_paused and not self.closed:
-            asyncio.get_running_loop().call_soon(self._pump)
+        full = full or more
+        if full and not self.write_paused and not self.closed and not self._pump_soon:
+            self._pump_soon = True
+            asyncio.get_running_loop().call_soon(self._pump_later)
         if full or self.busy or self.write_paused or self.read_paused:
             self._flow_control(full)
+
+    def _pump_later(self) -> None:
+        self._pump_soon = False
+        self._pump()
 
     def _execute(self, item: Any, dispatcher: Any, session: Session, out: list[bytes],
                  oob: bool) -> None:
