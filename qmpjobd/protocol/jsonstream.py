@@ -68,8 +68,12 @@ _START, _RECOVERY, _STRING, _NUMBER, _KEYWORD = range(5)
 
 _WS = re.compile(rb"[ \t\r\n]*")
 _RECOVER = re.compile(rb"[^\x00-\x08\x0a-\x1f\[\]{}:,\xfe\xff]*")
-_DQ_BODY = re.compile(rb'(?:[\x20\x21\x23-\x5b\x5d-\xfd]|\\[\x20-\xfd])*')
-_SQ_BODY = re.compile(rb"(?:[\x20-\x26\x28-\x5b\x5d-\xfd]|\\[\x20-\xfd])*")
+# String bodies: text runs, each escape pair followed by another run (unrolled, so the regex
+# engine loops inside a character class: ~60x faster than an alternation per byte).
+_DQ_TEXT = rb"[\x20\x21\x23-\x5b\x5d-\xfd]*"
+_SQ_TEXT = rb"[\x20-\x26\x28-\x5b\x5d-\xfd]*"
+_DQ_BODY = re.compile(_DQ_TEXT + rb"(?:\\[\x20-\xfd]" + _DQ_TEXT + rb")*")
+_SQ_BODY = re.compile(_SQ_TEXT + rb"(?:\\[\x20-\xfd]" + _SQ_TEXT + rb")*")
 _KEYWORD_RUN = re.compile(rb"[a-z]*")
 _DIGIT_RUN = re.compile(rb"[0-9]*")
 _NONCHAR = re.compile("[\ufdd0-\ufdef\ufffe\uffff\U0001fffe\U0001ffff\U0002fffe\U0002ffff"
@@ -188,8 +192,8 @@ def parse_string_reference(raw: bytes) -> str:
     return "".join(out)
 
 
-_SIMPLE_RUN = re.compile(rb"""(?:\\["'\\/bfnrt]|[\x20-\x5b\x5d-\x7f])+""")
-"""A run of ASCII text and one-character escapes, which bytes.replace can decode whole."""
+_SIMPLE_RUN = re.compile(rb"""(?:\\["'\\/bfnrt][\x20-\x5b\x5d-\xfd]*)+""")
+"""From a backslash: one-character escapes and text, which bytes.replace decodes whole."""
 _SIMPLE_REPLACE = tuple((b"\\" + bytes([k]), v.encode()) for k, v in _ESCAPES.items()
                         if k != 0x5C)
 
@@ -198,7 +202,8 @@ def _decode_simple(run: bytes) -> str:
     """Decode a run matched by _SIMPLE_RUN.
 
     Splitting at ``\\\\`` left to right pairs backslashes as the parser does; what is left has
-    only single-character escapes, none of whose replacements is a backslash.
+    only single-character escapes, none of whose replacements is a backslash.  Replacements are
+    ASCII, which ends a UTF-8 sequence just as the backslash did, so the text decodes the same.
     """
     parts = run.split(b"\\\\")
     for k, part in enumerate(parts):
@@ -206,7 +211,48 @@ def _decode_simple(run: bytes) -> str:
             for esc, rep in _SIMPLE_REPLACE:
                 part = part.replace(esc, rep)
             parts[k] = part
-    return b"\\".join(parts).decode("ascii")
+    return _decode_plain(b"\\".join(parts))
+
+
+_U_RUN = re.compile(rb"(?:\\u[0-9a-fA-F]{4})+")
+"""Consecutive ``\\uXXXX`` escapes."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _decode_u_run(run: bytes) -> str | None:
+    """Decode a run matched by _U_RUN at C speed, or None if the exact path must decide.
+
+    raw_unicode_escape maps each escape to its code unit; UTF-16 then joins high+low pairs and
+    rejects any other surrogate, as QEMU does.  A noncharacter, or a surrogate that does not
+    pair, is left to the exact path, which finds the error and its text.
+    """
+    s = run.decode("raw_unicode_escape")
+    if _SURROGATE.search(s):
+        try:
+            s = s.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            return None
+    if _NONCHAR.search(s):
+        return None
+    return s
+
+
+def _escape_run(buf: bytes | bytearray, i: int, stop: int) -> bytes:
+    """From the backslash at ``i``, the escapes (and text) that decode at C speed in one go.
+
+    Simple escapes with text, or else consecutive ``\\u`` escapes less a trailing high
+    surrogate (its pair may lie past the slice); empty if neither starts here.
+    """
+    m = _SIMPLE_RUN.match(buf, i, min(stop, i + SLICE_BYTES // 8))
+    if m is not None:
+        return m.group()
+    m = _U_RUN.match(buf, i, min(stop, i + SLICE_BYTES // 32))
+    if m is None:
+        return b""
+    run = m.group()
+    if run[-4] in b"dD" and run[-3] in b"89abAB":
+        run = run[:-6]
+    return run
 
 
 def _decode_plain(raw: bytes) -> str:
@@ -277,7 +323,7 @@ def string_steps(buf: bytes | bytearray, start: int, end: int) -> Generator[None
     out: list[str] = []
     work = 0
     while i < stop:
-        work += 64
+        work += 512  # a pass through this loop costs about as much as decoding 512 bytes
         lim = min(stop, i + SLICE_BYTES)
         j = buf.find(b"\\", i, lim)
         if j < 0:
@@ -287,15 +333,21 @@ def string_steps(buf: bytes | bytearray, start: int, end: int) -> Generator[None
             work += j - i
             i = j
         if i < stop and buf[i] == 0x5C:
-            m = _SIMPLE_RUN.match(buf, i, min(stop, i + SLICE_BYTES))
-            if m is not None:
-                out.append(_decode_simple(m.group()))
-                work += m.end() - i
-                i = m.end()
-            else:
-                ch, used = _decode_escape(bytes(buf[i:min(end, i + 12)]))
-                out.append(ch)
-                i += used
+            run = _escape_run(buf, i, stop)
+            text = None
+            if run:
+                text = _decode_simple(run) if run[1] != 0x75 else _decode_u_run(run)
+            if text is not None:
+                out.append(text)
+                work += 8 * len(run)
+                i += len(run)
+            else:  # one escape that is not simple, or a run of them holding an error
+                until = i + max(1, len(run))
+                while i < until:
+                    ch, used = _decode_escape(bytes(buf[i:min(end, i + 12)]))
+                    out.append(ch)
+                    i += used
+                    work += 512
         if work >= SLICE_BYTES:
             work = 0
             yield
