@@ -9,9 +9,9 @@ Two paths give the same results: a fast path that hands a whole object to orjson
 reader is in its clean state and the object is plain (ASCII, no escapes, no duplicate keys),
 and an exact token-by-token path for everything else.
 
-Work is bounded per call: :meth:`JSONStream.next` returns :data:`PENDING` after a slice of work
-(a run of bytes lexed, tokens parsed, or a piece of a long string decoded) when more remains,
-so a caller serving many clients can let the others run before calling it again.
+Work is bounded: :meth:`JSONStream.next` returns :data:`PENDING` after a slice of work (bytes
+lexed, tokens parsed, pieces of a long string decoded, over one call or several), so a caller
+serving many clients lets the others run before calling it again.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ FAST_PATH_MAX: Final = 1 << 20
 """Largest object the fast path hands to orjson; bigger ones take the exact path."""
 SLICE_BYTES = 1 << 20
 """Bytes lexed, or string bytes decoded, in one slice of work (about 1-6 ms)."""
-SLICE_TOKENS = 8192
-"""Tokens lexed or parsed in one slice of work (about 5-10 ms)."""
+SLICE_TOKENS = 4096
+"""Tokens lexed or parsed in one slice of work (about 3-8 ms); 128 bytes lexed count as one."""
 STRAY_MAX: Final = 4096
 """Longest lexical-error token echoed whole in its error; longer ones are cut (see
 tests/test_hostile.py::test_stray_token_echo_is_bounded for the reason and QEMU's behaviour)."""
@@ -601,6 +601,8 @@ class JSONStream:
         self._bracket = 0
         self._size = 0
         self._job: Generator[None, None, Any] | None = None
+        self._left = SLICE_TOKENS
+        """Work left in this slice, in tokens (see SLICE_TOKENS)."""
         """The parse of a completed message, when it takes more than one slice."""
 
     # -- input ---------------------------------------------------------------------------------
@@ -621,6 +623,8 @@ class JSONStream:
 
     def next(self) -> Result:
         """Return the next complete message or ParseError, NEED_DATA, or PENDING."""
+        if self._left <= 0:
+            return self._yield()
         if self._job is not None:
             r = self._step()
             if r is not PENDING:
@@ -632,9 +636,17 @@ class JSONStream:
             r = self._fast() if self._fast_ok else NEED_DATA
             if r is not NEED_DATA:
                 return r
+        pos = self._pos
         r = self._lex()
+        if r is not PENDING:  # (a PENDING slice has been paid for)
+            self._left -= (self._pos - pos) >> 7
         self._compact()
         return r
+
+    def _yield(self) -> Result:
+        """End this slice of work: the caller lets others run, then calls again."""
+        self._left = SLICE_TOKENS
+        return PENDING
 
     def _compact(self) -> None:
         if self._spans:
@@ -689,6 +701,7 @@ class JSONStream:
                 break
         if chunk.count(b":") != keys:
             return NEED_DATA
+        self._left -= 1 + (len(chunk) >> 7)
         self._pos += len(chunk)
         if self._pos - self._base == len(buf):
             buf.clear()
@@ -703,14 +716,13 @@ class JSONStream:
         base = self._base
         n = len(buf)
         pos = self._pos - base
-        tokens = SLICE_TOKENS
-        stop = min(n, pos + SLICE_BYTES)
+        stop = min(n, pos + (self._left << 7))
         while True:
-            tokens -= 1
-            if tokens < 0 or pos >= stop:
+            self._left -= 1
+            if self._left < 0 or pos >= stop:
                 if pos < n:
                     self._pos = pos + base
-                    return PENDING
+                    return self._yield()
                 stop = n
             state = self._state
             if state == _START:
@@ -768,7 +780,7 @@ class JSONStream:
                     break
                 elif pos >= stop - 1 and stop < n:
                     self._pos = pos + base  # the slice ended, maybe inside an escape
-                    return PENDING
+                    return self._yield()
                 elif buf[pos] == self._sub:
                     pos += 1
                     self._state = _START
@@ -800,7 +812,7 @@ class JSONStream:
                     break
                 if r is PENDING:
                     self._pos = pos + base
-                    return r
+                    return self._yield()
             if r is not _CONTINUE:
                 self._pos = pos + base
                 return r
@@ -917,11 +929,13 @@ class JSONStream:
             next(self._job)
         except StopIteration as done:
             self._job = None
+            self._left -= len(self._spans) >> 1
             return self._emit(done.value)
         except _Fail as e:
             self._job = None
+            self._left -= len(self._spans) >> 1
             return self._emit(ParseError(f"JSON parse error, {e.args[0]}"))
-        return PENDING
+        return self._yield()
 
     def _emit(self, result: Result) -> Result:
         self._brace = self._bracket = self._size = 0
