@@ -244,8 +244,8 @@ def _escape_run(buf: bytes | bytearray, i: int, stop: int) -> bytes:
     surrogate (its pair may lie past the slice); empty if neither starts here.
     """
     m = _SIMPLE_RUN.match(buf, i, min(stop, i + SLICE_BYTES // 8))
-    if m is not None:
-        return m.group()
+    if m is not None:  # continuation bytes are text too: don't leave a UTF-8 sequence cut
+        return bytes(buf[i:_plain_cut(buf, m.end(), stop)])
     m = _U_RUN.match(buf, i, min(stop, i + SLICE_BYTES // 32))
     if m is None:
         return b""
@@ -276,12 +276,14 @@ def _decode_plain(raw: bytes) -> str:
 
 
 def _decode_escape(raw: bytes) -> tuple[str, int]:
-    """One escape that is not a simple one (``\\u`` or invalid) at the start of ``raw``.
+    """One escape at the start of ``raw``, as parse_string() reads it.
 
     ``raw`` holds the 12 bytes from the backslash on (room for a surrogate pair), or runs to
     the token's end.  Returns the character and the bytes consumed.
     """
     if raw[1] != 0x75:
+        if raw[1] in _ESCAPES:
+            return _ESCAPES[raw[1]], 2
         raise _Fail("invalid escape sequence in string")
     cp = _cvt4hex(raw, 2)
     i = 6
