@@ -384,3 +384,10 @@ def test_stray_token_echo_is_cut() -> None:
     assert both(token) == [err(PE + "stray '\"" + "\ufffd" * 4095 + "' (first 4096 of 5002 bytes)")]
     short = b'"' + b"\xc3" * 4094 + b"\n"
     assert both(short) == [err(PE + "stray '\"" + "\ufffd" * 4094 + "\n'")]
+
+
+def test_parser_error_text_is_cut_as_qemu_cuts_it() -> None:
+    """json-parser.c formats its errors into 1024 bytes (checked against QEMU 7.2)."""
+    assert both(b"[" + b"a" * 1004 + b"]") == [err(PE + "invalid keyword '" + "a" * 1004 + "'")]
+    assert both(b"[" + b"a" * 4000 + b"]") == [err(PE + "invalid keyword '" + "a" * 1006)]
+    assert both(b"[" + b"a" * (8 * MIB) + b"]") == [err(PE + "invalid keyword '" + "a" * 1006)]

@@ -59,6 +59,15 @@ class _Fail(Exception):
     """Internal: the parser's first error, carrying the text after 'JSON parse error, '."""
 
 
+PARSE_ERROR_MAX: Final = 1023
+"""json-parser.c parse_error() formats into ``char message[1024]``: longer texts are cut."""
+
+
+def _parse_error_text(text: str) -> str:
+    raw = text.encode("utf-8", "surrogatepass")
+    return text if len(raw) <= PARSE_ERROR_MAX else qemu_text(raw[:PARSE_ERROR_MAX])
+
+
 # Lexer states (only the ones that can be pending at the end of the input).
 _START, _RECOVERY, _STRING, _NUMBER, _KEYWORD = range(5)
 
@@ -453,10 +462,7 @@ def _parse_scalar(raw: bytes) -> Any:
     if raw == b"null":
         return None
     if 0x61 <= c <= 0x7A:
-        if len(raw) > STRAY_MAX:
-            raise _Fail(f"invalid keyword '{raw[:STRAY_MAX].decode('ascii')}' "
-                        f"(first {STRAY_MAX} of {len(raw)} bytes)")
-        raise _Fail(f"invalid keyword '{raw.decode('ascii')}'")
+        raise _Fail(f"invalid keyword '{raw[:PARSE_ERROR_MAX].decode('ascii')}'")
     raise _Fail("expecting value")
 
 
@@ -936,7 +942,7 @@ class JSONStream:
         except _Fail as e:
             self._job = None
             self._left -= len(self._spans) >> 1
-            return self._emit(ParseError(f"JSON parse error, {e.args[0]}"))
+            return self._emit(ParseError(f"JSON parse error, {_parse_error_text(e.args[0])}"))
         return self._yield()
 
     def _emit(self, result: Result) -> Result:
