@@ -114,17 +114,22 @@ def run_case(path: str, name: str, payload: bytes) -> dict[str, object]:
     sender = threading.Thread(target=attacker.s.sendall, args=(payload + SENTINEL,))
     sender.start()
     replies = 0
-    while b'"__end__"' not in attacker.line():
-        replies += 1
+    outcome = "ok"
+    try:
+        while b'"__end__"' not in attacker.line():
+            replies += 1
+    except (EOFError, ConnectionResetError):
+        outcome = "connection lost"
     elapsed = time.perf_counter() - t0
     during = rtts[before:]
     stop.set()
     h.join()
-    sender.join()
     attacker.close()
+    sender.join()
     ms = [x * 1000 for x in during] or [float("nan")]
     return {
-        "case": name, "message_bytes": len(payload), "seconds": round(elapsed, 2),
+        "case": name, "outcome": outcome, "message_bytes": len(payload),
+        "seconds": round(elapsed, 2),
         "replies": replies, "reply_bytes": attacker.received,
         "healthy_requests": len(during),
         "healthy_rtt_ms": {"p50": round(statistics.median(ms), 3), "p99": round(pct(ms, 0.99), 2),

@@ -270,6 +270,13 @@ def test_long_string_with_an_escape_is_decoded_in_slices() -> None:
     assert yields >= 30  # at least one slice per 2 MiB decoded
 
 
+def test_dense_escapes_below_a_slice_are_decoded_in_slices() -> None:
+    """Half a MiB of alternating escapes is about a second of work: it must be sliced too."""
+    out, yields = results_and_yields(b'["' + b"\\u00e9\\t" * (64 * 1024) + b'"]')
+    assert out == [["\u00e9\t" * (64 * 1024)]]
+    assert yields >= 2
+
+
 def test_long_non_ascii_string_is_decoded_in_slices() -> None:
     out, yields = results_and_yields(b'["' + "é".encode() * (8 * MIB) + b'"]')
     assert out == [["é" * (8 * MIB)]]

@@ -279,7 +279,7 @@ def _decode_plain(raw: bytes) -> str:
         s = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _Fail("invalid UTF-8 sequence in string") from None
-    if (b"\xbf\xbe" in raw or b"\xbf\xbf" in raw or b"\xef\xb7" in raw) and _NONCHAR.search(s):
+    if _may_hold_nonchar(raw, 0, len(raw)) and _NONCHAR.search(s):
         raise _Fail("invalid UTF-8 sequence in string")
     return s
 
@@ -374,19 +374,27 @@ def _drain(steps: Generator[None, None, Any]) -> Any:
             return stop.value
 
 
-def _string_at(buf: bytes | bytearray, start: int, end: int) -> str:
-    """A short string token decoded straight from the input buffer (no copy for plain ones)."""
-    if buf.find(b"\\", start, end) < 0:
-        with memoryview(buf) as mv:
-            try:
-                s = str(mv[start + 1:end - 1], "utf-8")
-            except UnicodeDecodeError:
-                s = None
-        if s is not None:
-            if s.isascii() or not _NONCHAR.search(s):
-                return s
-            raise _Fail("invalid UTF-8 sequence in string")
-    return _drain(string_steps(buf, start, end))  # type: ignore[no-any-return]
+def _plain_string_at(buf: bytes | bytearray, start: int, end: int) -> str | None:
+    """A string token of up to a slice without escapes, decoded straight from the buffer.
+
+    None when string_steps() must decide (escapes, modified UTF-8, an error, a long token).
+    """
+    if end - start > SLICE_BYTES or buf.find(b"\\", start, end) >= 0:
+        return None
+    with memoryview(buf) as mv:
+        try:
+            s = str(mv[start + 1:end - 1], "utf-8")
+        except UnicodeDecodeError:
+            return None
+    if s.isascii() or not _may_hold_nonchar(buf, start, end) or not _NONCHAR.search(s):
+        return s
+    raise _Fail("invalid UTF-8 sequence in string")
+
+
+def _may_hold_nonchar(buf: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether UTF-8 text may encode a noncharacter (see _decode_plain)."""
+    return (buf.find(b"\xbf\xbe", start, end) >= 0 or buf.find(b"\xbf\xbf", start, end) >= 0
+            or buf.find(b"\xef\xb7", start, end) >= 0)
 
 
 _SIGNIFICANT = 800
@@ -507,10 +515,9 @@ def parse_steps(buf: bytes | bytearray, spans: array[int], base: int) -> Generat
             elif c in _STRUCTURAL:
                 raise _Fail("expecting value")
             elif c in _QUOTES:
-                if end - start > SLICE_BYTES:
+                value = _plain_string_at(buf, start, end)
+                if value is None:
                     value = yield from string_steps(buf, start, end)
-                else:
-                    value = _string_at(buf, start, end)
             else:
                 value = _parse_scalar(bytes(buf[start:end]))
         need_value = False
