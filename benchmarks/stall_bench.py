@@ -121,9 +121,9 @@ def run_case(path: str, name: str, payload: bytes) -> dict[str, object]:
     except (EOFError, ConnectionResetError):
         outcome = "connection lost"
     elapsed = time.perf_counter() - t0
-    during = rtts[before:]
     stop.set()
-    h.join()
+    h.join()  # its last request may be the one that waited longest
+    during = rtts[before:]
     attacker.close()
     sender.join()
     ms = [x * 1000 for x in during] or [float("nan")]

@@ -566,6 +566,7 @@ LONG_INPUTS = [
     case("float-1001-digits-id", qn_id(b"1" * 1001 + b".5e-700")),
     case("float-long-fraction-id", qn_id(b"0." + b"0" * 5000 + b"1e5000")),
     case("float-long-exponent-id", qn_id(b"1e" + b"9" * 5000)),
+    case("float-exponent-leading-zeros-id", qn_id(b"1" * 1001 + b"e-" + b"0" * 5000 + b"1000")),
     case("int-5000-digits-argument", QV_X + b"1" * 5000 + b"}}"),
     case("int-5000-digits-int-argument",
          b'{"execute":"block-job-set-speed","arguments":{"device":"j","speed":'

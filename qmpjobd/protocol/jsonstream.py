@@ -433,9 +433,13 @@ def strtod(raw: bytes) -> float:
         end = raw.find(b"E", start)
     exp = 0
     if end >= 0:
-        exp_text = raw[end + 1:].lstrip(b"+")
-        # past any double's range either way; int() of a long text would also be refused
-        exp = int(exp_text) if len(exp_text) < 12 else (-1 if exp_text[:1] == b"-" else 1) * 10**11
+        digits = end + 1 + (raw[end + 1] in b"+-")
+        first = _first_nonzero(raw, digits, len(raw))
+        if first >= 0:
+            # past any double's range either way; int() of a long text would also be refused
+            exp = int(raw[first:]) if len(raw) - first < 12 else 10**11
+            if raw[end + 1] == 0x2D:
+                exp = -exp
     else:
         end = len(raw)
     point = raw.find(b".", start, end)
