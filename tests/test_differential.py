@@ -552,7 +552,49 @@ EVENTS_AND_PIPELINES = [
          b'{"execute":"query-status","id":3}{"execute":"qmp_capabilities","id":4}', mode=NEG),
 ]
 
-ALL_CASES = NEGOTIATION + COMMAND_MODE + ARGUMENTS + ID_ECHO + LEXER + EVENTS_AND_PIPELINES
+QV_X = b'{"execute":"query-version","arguments":{"x":'
+
+# Long inputs of issue 9 (items 14 and 16), at sizes QEMU reads quickly (it takes a byte a time).
+LONG_INPUTS = [
+    # numbers past Python's 4300-digit int limit: QEMU parses them with strtod()
+    case("int-5000-digits-id", qn_id(b"1" * 5000)),
+    case("int-neg-5000-digits-id", qn_id(b"-" + b"1" * 5000)),
+    case("int-400-digits-id", qn_id(b"9" * 400)),
+    case("int-309-nines-id", qn_id(b"9" * 309)),
+    case("int-308-nines-id", qn_id(b"9" * 308)),
+    case("int-25-digits-id", qn_id(b"1" * 25)),
+    case("float-1001-digits-id", qn_id(b"1" * 1001 + b".5e-700")),
+    case("float-long-fraction-id", qn_id(b"0." + b"0" * 5000 + b"1e5000")),
+    case("float-long-exponent-id", qn_id(b"1e" + b"9" * 5000)),
+    case("float-exponent-leading-zeros-id", qn_id(b"1" * 1001 + b"e-" + b"0" * 5000 + b"1000")),
+    case("int-5000-digits-argument", QV_X + b"1" * 5000 + b"}}"),
+    case("int-5000-digits-int-argument",
+         b'{"execute":"block-job-set-speed","arguments":{"device":"j","speed":'
+         + b"9" * 5000 + b"}}"),
+    case("int-5000-digits-execute", b'{"execute":' + b"1" * 5000 + b"}"),
+    case("int-5000-digits-top", b"1" * 5000 + b" "),
+    case("int-5000-digits-in-list", b"[" + b"1" * 5000 + b"]"),
+    # long strings
+    case("string-escape-100k", qn_id(b'"' + b"a" * 50000 + b"\\n" + b"a" * 50000 + b'"')),
+    case("string-non-ascii-100k", qn_id(b'"' + "é".encode() * 50000 + b'"')),
+    case("string-u-escapes-60k", qn_id(b'"' + b"\\u00e9\\ud83d\\ude00" * 5000 + b'"')),
+    case("string-mixed-escapes-60k", qn_id(b"'" + b"\\'\\u00e9\\n\xc3\xa9" * 5000 + b"'")),
+    case("string-c3-run", QV_X + b'"' + b"\xc3" * 100000 + b'"}}'),
+    case("string-late-bad-escape", QV_X + b'"' + b"\\n" * 50000 + b'\\x"}}'),
+    case("string-late-lone-surrogate", QV_X + b'"' + b"\\u00e9" * 10000 + b'\\ud800"}}'),
+    case("string-late-noncharacter", QV_X + b'"' + "é".encode() * 50000 + b'\xef\xbf\xbf"}}'),
+    # runs of bad bytes: one error per stray token; outside a string the lexer skips the run
+    case("stray-c3-4000-in-string", QV_X + b'"' + b"\xc3" * 4000 + b"\n"),
+    case("c3-run-top-100k", b"\xc3" * 100000 + b"\n"),
+    case("c3-run-in-object", QV_X + b"\xc3" * 10000 + b"}}"),
+    case("keyword-4000", QV_X + b"a" * 4000 + b"}}"),  # QEMU cuts parser errors at 1023 bytes
+    case("keyword-1005", QV_X + b"a" * 1005 + b"}}"),
+    case("keyword-1004", QV_X + b"a" * 1004 + b"}}"),
+    case("nest-array-5000", b"[" * 5000 + b"\x00"),
+]
+
+ALL_CASES = (NEGOTIATION + COMMAND_MODE + ARGUMENTS + ID_ECHO + LEXER + EVENTS_AND_PIPELINES
+             + LONG_INPUTS)
 
 
 def test_case_ids_unique() -> None:
@@ -682,3 +724,23 @@ def test_oob_pipelined(qemu: Daemon, daemon: Daemon) -> None:
     expected = split(run_steps(qemu.path, OOB, (OOB_PIPELINE,)))
     assert_same("oob-pipelined", OOB_PIPELINE, expected,
                 split(run_steps(daemon.path, OOB, (OOB_PIPELINE,))))
+
+
+def _stray(path: str, n: int) -> list[Any]:
+    with open_client(path, CMD) as c:
+        return exchange(c, QV_X + b'"' + b"\xc3" * n + b"\n")
+
+
+def test_long_stray_token_is_cut_by_design(qemu: Daemon, daemon: Daemon) -> None:
+    """QEMU quotes a stray token whole; qmpjobd quotes its first 4096 bytes and says so.
+
+    One error either way, and the session goes on.  The cut keeps error output per message
+    bounded (QEMU's reply for a 60 MiB token would be 360 MB: ``\\uFFFD`` per bad byte).
+    """
+    n = 5000
+    theirs, ours = _stray(qemu.path, n), _stray(daemon.path, n)
+    assert theirs[0] == {"error": {"class": "GenericError",
+                                   "desc": "JSON parse error, stray '\"" + "\ufffd" * n + "\n'"}}
+    assert ours[0] == {"error": {"class": "GenericError", "desc": (
+        "JSON parse error, stray '\"" + "\ufffd" * 4095 + f"' (first 4096 of {n + 2} bytes)")}}
+    assert theirs[1:] == ours[1:] == [{"return": {}, "id": SENTINEL_ID}]

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import select
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -642,4 +643,91 @@ def test_many_errors_with_a_tiny_receive_buffer(daemon: Daemon) -> None:
         assert reply == {"return": {}, "id": "end"}
     finally:
         c.close()
+    assert_fresh_connection_works(daemon)
+
+
+# ---------------------------------------------------------------------------------------------
+# one long message must not hold up other clients (issue 9, item 14)
+
+QUERY_VERSION_X = b'{"execute":"query-version","arguments":{"x":'
+
+
+@pytest.mark.parametrize("value", [
+    b'"' + b"\\u00e9\\t" * (256 * 1024) + b'"',  # escapes of both kinds, alternating: ~3 s
+    b"[" + b",".join([b"0"] * 1048560) + b"]",    # near the most tokens allowed: ~4 s
+], ids=["mixed-escapes", "tokens"])
+def test_long_message_does_not_hold_up_other_clients(daemon: Daemon, value: bytes) -> None:
+    """Another client is answered while a slow message is parsed, not after it.
+
+    The message is sent whole but for its last byte, so what remains is the parse (seconds of
+    work); then its last byte goes out and, right after, the other client's query.  The parse
+    used to run in one event-loop callback, so the query's reply always came second.
+    """
+    message = QUERY_VERSION_X + value + b"}}"
+    with client(daemon, timeout=120) as big, client(daemon) as other:
+        big.send(message[:-1])
+        assert other.cmd("query-status", id="before")["id"] == "before"  # all read and lexed
+        big.send(message[-1:])
+        other.send(b'{"execute":"query-version","id":"other"}')
+        _, reply = other.until_reply("other")
+        assert "return" in reply
+        # the long message is still being parsed: nothing has been written to its client yet
+        assert select.select([big.sock], [], [], 0)[0] == []
+        big.send(sentinel("end"))
+        before, _ = big.until_reply("end")
+        assert before == [err("Parameter 'x' is unexpected")]
+
+
+@pytest.mark.parametrize("value", [
+    b'"' + b"a" * (30 * MIB) + b"\\n" + b"a" * (30 * MIB) + b'"',
+    b'"' + "é".encode() * (30 * MIB) + b'"',
+    b'"' + b"\\u00e9" * (10 * MIB) + b'"',
+    b"1" * (60 * MIB),
+], ids=["escape", "non-ascii", "u-escapes", "digits"])
+def test_60mib_values(daemon: Daemon, value: bytes) -> None:
+    """The worst cases of issue 9 at 60 MiB: the right reply, and the session goes on."""
+    with client(daemon, timeout=120) as c:
+        c.send(QUERY_VERSION_X + value + b"}}" + sentinel("end"))
+        before, _ = c.until_reply("end")
+        assert before == [err("Parameter 'x' is unexpected")]
+    assert_fresh_connection_works(daemon)
+
+
+def test_stray_token_echo_is_bounded(daemon: Daemon) -> None:
+    """A lexical error quotes at most 4096 bytes of its token: error output per message is bounded.
+
+    QEMU 7.2 quotes the whole token, whatever its length: ``"`` + 4000 ``\\xc3`` bytes + ``\\n``
+    gave one error quoting all 4000 (as ``\\uFFFD`` each, 6 bytes on the wire; see the
+    ``stray-c3-4000`` differential case), so a 60 MiB token would make a 360 MB reply.  qmpjobd
+    quotes tokens of up to 4096 bytes exactly as QEMU does and cuts longer ones, saying so:
+    ``stray '<first 4096 bytes>' (first 4096 of N bytes)``.  A run of bad bytes *outside* a
+    string costs one error in both (the lexer skips to the next structural or control byte).
+    """
+    n = 60 * MIB
+    with client(daemon, timeout=120) as c:
+        c.send(QUERY_VERSION_X + b'"' + b"\xc3" * n + b"\n" + sentinel("s1"))
+        before, reply = c.until_reply("s1")
+        assert reply == {"return": {}, "id": "s1"}
+        assert descs(before) == [
+            "JSON parse error, stray '\"" + "\ufffd" * 4095 + f"' (first 4096 of {n + 2} bytes)"]
+        assert sum(len(x) for x in c.raw_lines) < 64 * 1024
+        c.send(b"\xc3" * n + b"\n" + sentinel("s2"))
+        before, reply = c.until_reply("s2")
+        assert descs(before) == ["JSON parse error, stray '\ufffd'"]
+        assert reply == {"return": {}, "id": "s2"}
+
+
+# ---------------------------------------------------------------------------------------------
+# integers past Python's int-string limit (issue 9, item 16)
+
+
+def test_huge_integer_is_a_double_and_the_session_goes_on(daemon: Daemon) -> None:
+    """5000 digits used to raise inside the reader: 'Fatal error on transport', no reply."""
+    with client(daemon) as c:
+        c.send(b'{"execute":"query-name","id":' + b"1" * 5000 + b"}\n")
+        assert c.recv_line() == b'{"return": {}, "id": inf}'  # as QEMU writes it
+        c.send(b'{"execute":"block-job-set-speed","arguments":{"device":"j","speed":'
+               + b"9" * 5000 + b"}}\n")
+        assert c.recv() == err("Invalid parameter type for 'speed', expected: integer")
+        assert c.cmd("query-status", id="after")["id"] == "after"
     assert_fresh_connection_works(daemon)

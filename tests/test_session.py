@@ -192,3 +192,20 @@ def test_discard_drops_queued_work() -> None:
     s.discard()
     assert s.data_to_send() == b""
     assert s.stream.next() is not None  # NEED_DATA: nothing buffered
+
+
+def test_a_long_message_is_read_in_slices() -> None:
+    """The reader does a bounded slice of work per call: the session says so (``reading``), and
+    its caller serves other clients before it calls again; the result is the same."""
+    s, r = negotiated()
+    s.receive_data(b'{"execute":"q","id":1,"arguments":{"a":[' + b"1," * 200_000 + b'1]}}')
+    slices = 0
+    out: list[Any] = []
+    while True:
+        out += r.pump()
+        if not s.reading:
+            break
+        slices += 1
+        assert not s.finished
+    assert slices > 1
+    assert out == [{"return": {}, "id": 1}]

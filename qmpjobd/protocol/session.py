@@ -14,7 +14,7 @@ from typing import Any
 
 from . import encode
 from .errors import QMPError
-from .jsonstream import MAX_TOKEN_SIZE, NEED_DATA, JSONStream, ParseError
+from .jsonstream import MAX_TOKEN_SIZE, NEED_DATA, PENDING, JSONStream, ParseError
 
 CAPABILITIES: tuple[str, ...] = ("oob", "x-job-events")
 """Capabilities offered in the greeting: QEMU 7.2's ``oob``, and qmpjobd's ``x-job-events``
@@ -49,8 +49,8 @@ class Session:
     """
 
     __slots__ = ("_drained", "_inband", "_out", "_out_size", "busy", "enabled", "eof",
-                 "name", "negotiated", "offered", "oob", "read_paused", "running", "stalled",
-                 "stream", "write_blocked", "write_high")
+                 "name", "negotiated", "offered", "oob", "read_paused", "reading", "running",
+                 "stalled", "stream", "write_blocked", "write_high")
 
     def __init__(self, offered: tuple[str, ...] = CAPABILITIES, name: str = "", *,
                  max_message: int = MAX_TOKEN_SIZE, write_high: int = WRITE_HIGH) -> None:
@@ -72,6 +72,9 @@ class Session:
         """The transport's buffer is above its high-water mark."""
         self.stalled = False
         """next_request() stopped because this session's own output passed ``write_high``."""
+        self.reading = False
+        """next_request() stopped in the middle of a long message: the reader has done a slice
+        of its work and wants to be called again soon, so that other clients are served."""
         self.read_paused = False
         self.eof = False
         self._drained = False
@@ -108,6 +111,7 @@ class Session:
     def next_request(self) -> Request | None:
         """The next message to run now, or None when none may: no complete message, the
         in-band slot busy (an OOB message still overtakes it), or output to write first."""
+        self.reading = False
         if self.write_blocked:
             return None
         if self._out_size > self.write_high:
@@ -121,6 +125,9 @@ class Session:
             if item is NEED_DATA:
                 self._drained = True
                 return None
+            if item is PENDING:
+                self.reading = True
+                return None
             if _is_oob(item):
                 self.running += 1
                 return Request(item, True)
@@ -131,6 +138,9 @@ class Session:
             item = stream.next()
             if item is NEED_DATA:
                 self._drained = True
+                return None
+            if item is PENDING:
+                self.reading = True
                 return None
         oob = self.oob and _is_oob(item)
         if not oob:
@@ -193,7 +203,7 @@ class Session:
     def want_reading(self) -> bool:
         """Whether the transport should read: not while requests are blocked and a lot of
         input already waits (that would only grow the buffer)."""
-        blocked = self.busy or self.write_blocked or self.stalled
+        blocked = self.busy or self.write_blocked or self.stalled or self.reading
         if blocked and not self.read_paused and self.stream.buffered() > READ_PAUSE:
             self.read_paused = True
         elif self.read_paused and not blocked:

@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
         self._flush_due = False
         self._closing = False
         self._refused = False
+        self._pump_due = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self.debug = log.isEnabledFor(logging.DEBUG)
@@ -211,14 +212,19 @@ class Connection(asyncio.Protocol):
             self._pumping = False
         if self.closed or self.transport is None:
             return
-        stalled = session.stalled or more
+        stalled = session.stalled or session.reading or more
         if session.busy or stalled or session.write_blocked or session.read_paused:
             self._flow()
         self._flush()
-        if stalled and not session.write_blocked:
-            asyncio.get_running_loop().call_soon(self._pump)
+        if stalled and not session.write_blocked and not self._pump_due:
+            self._pump_due = True
+            asyncio.get_running_loop().call_soon(self._pump_later)
         if session.finished:
             self.close()
+
+    def _pump_later(self) -> None:
+        self._pump_due = False
+        self._pump()
 
     def _flow(self) -> None:
         want = self.session.want_reading()
