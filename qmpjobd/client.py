@@ -185,10 +185,6 @@ class Client:
             self.receive(GREETING)
         return self.proto.greeting
 
-    @property
-    def greeting(self) -> dict[str, Any]:
-        return self.proto.greeting or {}
-
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()

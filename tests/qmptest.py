@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 
+from qmpjobd import client
+from qmpjobd.address import Address
+
 QEMU = shutil.which("qemu-system-x86_64")
 NO_QEMU_REASON = "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
 
@@ -107,35 +110,36 @@ def connect_unix(path: str, timeout: float = 10.0) -> socket.socket:
             time.sleep(0.01)  # nothing to wait on but the listening socket: poll it
 
 
-class Client:
-    """A raw QMP client over a real Unix socket: send bytes, read parsed lines."""
+class Client(client.Client):
+    """A raw QMP test client over a real Unix socket, built on qmpjobd's own blocking client
+    (its connection handling and line framing): it sends bytes exactly as given and reads
+    every line in arrival order, events and replies alike."""
 
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.sock = connect_unix(path, timeout)
-        self.buf = b""
+    keep_raw_below: int | None = None
+    """Keep only lines shorter than this in ``raw_lines`` (None: every line)."""
+
+    def __init__(self, path: str, timeout: float = 10.0,
+                 sock: socket.socket | None = None) -> None:
+        super().__init__(Address("unix", path=path), timeout=timeout, connect=False)
+        self.proto = client.Protocol(newline=b"\r\n")
+        self.sock = sock if sock is not None else connect_unix(path, timeout)
+        self.sock.settimeout(timeout)
         self.raw_lines: list[bytes] = []
         self.greeting = self.recv()
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, what: str = "a request") -> None:
+        assert self.sock is not None
         self.sock.sendall(data)
 
     def recv_line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(1 << 20)
+        assert self.sock is not None
+        while (line := self.proto.next_line()) is None:
+            chunk = self.sock.recv(4 << 20)
             if not chunk:
                 raise EOFError("connection closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        self.raw_lines.append(line)
+            self.proto.feed(chunk)
+        if self.keep_raw_below is None or len(line) < self.keep_raw_below:
+            self.raw_lines.append(line)
         return line
 
     def recv(self) -> Any:
