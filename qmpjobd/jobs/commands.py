@@ -9,7 +9,7 @@ from typing import Any
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
-from ..schema.model import Enum, TypeRef
+from ..schema.model import TypeRef
 from .core import JOB_EVENTS, Job, JobRegistry
 
 
@@ -87,8 +87,6 @@ def add_job_command(registry: Registry, jobs: JobRegistry, name: str, job_type: 
     ``job_type`` is added to the JobType enum if QEMU 7.2 does not have it.
     """
     schema = registry.schema
-    job_types = schema.types["JobType"]
-    assert isinstance(job_types, Enum)
     starters = _STARTERS.setdefault(registry, {})
     if job_type in starters:
         raise ValueError(f"job type '{job_type}' is already registered (its command is "
@@ -96,8 +94,7 @@ def add_job_command(registry: Registry, jobs: JobRegistry, name: str, job_type: 
     if name in schema.commands:
         raise ValueError(f"command '{name}' already exists")
     starters[job_type] = name
-    if job_type not in job_types.values:
-        job_types.values.append(job_type)
+    schema.extend_enum("JobType", job_type)
     schema.command(name, {"job-id": "str", "*auto-finalize": "bool", "*auto-dismiss": "bool",
                           **data})
 

@@ -1,24 +1,27 @@
 """QEMU 7.2's job state machine as literal tables (job.c ``JobSTT`` and ``JobVerbTable``).
 
-Rows and columns follow the JobStatus enum order; ``1`` means allowed.  jobs.md §2-§3.
+Rows and columns follow the JobStatus enum order; ``1`` means allowed.  The statuses, verbs and
+types are the schema's own (schema/enums.py).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-STATUSES: Final = ("undefined", "created", "running", "paused", "ready", "standby", "waiting",
-                   "pending", "aborting", "concluded", "null")
-"""JobStatus, in enum order."""
+from ..schema.enums import JobStatus, JobType, JobVerb
 
-VERBS: Final = ("cancel", "pause", "resume", "set-speed", "complete", "finalize", "dismiss")
-"""JobVerb in QEMU 7.2 (``change`` came in 8.2 and is not exposed)."""
+STATUSES: Final = tuple(JobStatus)
+"""JobStatus, in enum order (the rows and columns below)."""
 
-JOB_TYPES: Final = ("commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load",
-                    "snapshot-save", "snapshot-delete")
-"""JobType in QEMU 7.2; plug-in job types are appended to it at run time."""
+VERBS: Final = (JobVerb.CANCEL, JobVerb.PAUSE, JobVerb.RESUME, JobVerb.SET_SPEED,
+                JobVerb.COMPLETE, JobVerb.FINALIZE, JobVerb.DISMISS)
+"""JobVerb, in the order of the rows of the verb table below (job.c's JobVerbTable)."""
 
-BLOCK_JOB_TYPES: Final = frozenset(("commit", "stream", "mirror", "backup"))
+JOB_TYPES: Final = tuple(JobType)
+"""JobType in QEMU 7.2; plug-in job types are added to the schema's enum at run time."""
+
+BLOCK_JOB_TYPES: Final = frozenset((JobType.COMMIT, JobType.STREAM, JobType.MIRROR,
+                                    JobType.BACKUP))
 """The job types that are block jobs (query-block-jobs, block-job-*, BLOCK_JOB_* events)."""
 
 #                  U  C  R  P  Y  S  W  D  X  E  N
@@ -49,6 +52,7 @@ _VERB_TABLE: Final = (
 
 
 def _parse(rows: tuple[str, ...], names: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Each row's name -> the statuses whose column holds a 1."""
     return {name: frozenset(s for s, bit in zip(STATUSES, row.split(), strict=True) if bit == "1")
             for name, row in zip(names, rows, strict=True)}
 
@@ -59,5 +63,6 @@ TRANSITIONS: Final = _parse(_STT, STATUSES)
 VERB_ALLOWED: Final = _parse(_VERB_TABLE, VERBS)
 """verb -> the statuses in which it is accepted."""
 
-COMPLETED_STATUSES: Final = frozenset(("waiting", "pending", "aborting", "concluded", "null"))
+COMPLETED_STATUSES: Final = frozenset((JobStatus.WAITING, JobStatus.PENDING, JobStatus.ABORTING,
+                                       JobStatus.CONCLUDED, JobStatus.NULL))
 """job_is_completed(): the job's own work is over."""

@@ -10,15 +10,24 @@ bytes, runs what :meth:`Session.next_request` hands out and writes :meth:`Sessio
 from __future__ import annotations
 
 from collections import deque
+from enum import StrEnum
 from typing import Any
 
 from . import encode
 from .errors import QMPError
 from .jsonstream import MAX_TOKEN_SIZE, NEED_DATA, PENDING, JSONStream, ParseError
 
-CAPABILITIES: tuple[str, ...] = ("oob", "x-job-events")
-"""Capabilities offered in the greeting: QEMU 7.2's ``oob``, and qmpjobd's ``x-job-events``
-(the generic JOB_COMPLETED / JOB_CANCELLED / JOB_ERROR / JOB_READY events)."""
+
+class QMPCapability(StrEnum):
+    """QAPI QMPCapability: QEMU 7.2's ``oob``, and qmpjobd's ``x-job-events`` (the generic
+    JOB_COMPLETED / JOB_CANCELLED / JOB_ERROR / JOB_READY events)."""
+
+    OOB = "oob"
+    X_JOB_EVENTS = "x-job-events"
+
+
+CAPABILITIES: tuple[str, ...] = tuple(QMPCapability)
+"""Capabilities offered in the greeting, in this order."""
 
 OOB_QUEUE_MAX = 8
 """In-band requests held while one runs, with OOB on (QEMU's QMP_REQ_QUEUE_LEN_MAX)."""
@@ -94,7 +103,7 @@ class Session:
         if missing:
             raise QMPError(f"Capability {', '.join(missing)} not available")
         self.enabled = frozenset(enable)
-        self.oob = "oob" in self.enabled
+        self.oob = QMPCapability.OOB in self.enabled
         self.negotiated = True
 
     # -- input ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..protocol.session import QMPCapability
 from .model import Schema
 
 
@@ -32,7 +33,7 @@ def declare(s: Schema) -> None:
     s.command("query-version", returns="VersionInfo")
     s.struct("CommandInfo", {"name": "str"})
     s.command("query-commands", returns=["CommandInfo"])
-    s.enum("QMPCapability", ["oob", "x-job-events"])
+    s.enum("QMPCapability", QMPCapability)
     s.command("qmp_capabilities", {"*enable": ["QMPCapability"]})
 
     # yank (qapi/yank.json): the out-of-band commands

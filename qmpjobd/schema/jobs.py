@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from .enums import JobStatus, JobType, JobVerb
 from .model import Schema
 
 
 def declare(s: Schema) -> None:
     """Add query-jobs, job-*, query-block-jobs, block-job-* and their events."""
-    s.enum("JobType", ["commit", "stream", "mirror", "backup", "create", "amend",
-                       "snapshot-load", "snapshot-save", "snapshot-delete"])
-    s.enum("JobStatus", ["undefined", "created", "running", "paused", "ready", "standby",
-                         "waiting", "pending", "aborting", "concluded", "null"])
-    s.enum("JobVerb", ["cancel", "pause", "resume", "set-speed", "complete", "dismiss",
-                       "finalize"])
+    s.enum("JobType", JobType)
+    s.enum("JobStatus", JobStatus)
+    s.enum("JobVerb", JobVerb)
     s.event("JOB_STATUS_CHANGE", {"id": "str", "status": "JobStatus"})
     for verb in ("pause", "resume", "cancel", "complete", "dismiss", "finalize"):
         s.command(f"job-{verb}", {"id": "str"})

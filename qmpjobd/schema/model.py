@@ -8,6 +8,7 @@ texts and which name (full path or bare member name) each text uses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,9 +260,20 @@ class Schema:
 
     # -- declarations ------------------------------------------------------------------------
 
-    def enum(self, name: str, values: list[str]) -> None:
-        """Declare an enum."""
-        self._add_type(Enum(name, list(values)))
+    def enum(self, name: str, values: Iterable[str]) -> None:
+        """Declare an enum (a list of names, or a StrEnum class declared in enums.py)."""
+        self._add_type(Enum(name, [str(v) for v in values]))
+
+    def extend_enum(self, name: str, value: str) -> bool:
+        """Add ``value`` to the enum ``name`` (a plug-in's job type); False if it was there.
+        Validation and query-qmp-schema see it from now on."""
+        typ = self.types[name]
+        if not isinstance(typ, Enum):
+            raise TypeError(f"{name} is not an enum")
+        if value in typ.values:
+            return False
+        typ.values.append(value)
+        return True
 
     def struct(self, name: str, data: dict[str, TypeRef]) -> None:
         """Declare a struct."""
