@@ -475,17 +475,20 @@ class Migration:
             except OSError as e:
                 self.incoming_started = False  # QEMU lets the command be retried
                 raise QMPError(f"Failed to bind socket: {e.strerror or e}") from None
+            # everything query-migrate shows is in place before the reply (as QEMU 7.2):
+            # the bound address, with the port the OS picked for port 0
+            bound = addr
+            if addr.kind == "tcp":
+                host, port = sock.getsockname()[:2]
+                bound = Address("tcp", host=host, port=port)
+            self._listener = sock
+            self.in_address = bound
+            self.machine.yankables["migration"] = self._yank
             self._set_in("setup")
-            self._spawn(self._incoming(addr, sock))
+            self._spawn(self._incoming(bound, sock))
         return bind()
 
     async def _incoming(self, addr: Address, sock: socket.socket) -> None:
-        self._listener = sock
-        if addr.kind == "tcp":
-            host, port = sock.getsockname()[:2]
-            addr = Address("tcp", host=host, port=port)
-        self.in_address = addr
-        self.machine.yankables["migration"] = self._yank
         log.info("waiting for an incoming migration on %s",
                  addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}")
         loop = asyncio.get_running_loop()
