@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import socket
 from typing import Any
 
 import pytest
-from colotest import EvClient
+from colotest import EvClient, Pair, start_pair, wait_checkpoints
 from qmptest import start_qmpjobd
 
 
@@ -44,3 +45,56 @@ def test_query_migrate_right_after_migrate_incoming_shows_the_bound_address(
         assert e.value.errno == errno.EADDRINUSE
     finally:
         probe.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Any) -> Pair:
+    return start_pair(str(tmp_path))
+
+
+def _wait_job_concluded(pr: Pair, c: EvClient) -> None:
+    """Wait for the COLO job's conclusion, by its JOB_STATUS_CHANGE event."""
+    watcher = EvClient(c.path, "x-job-events")
+    try:
+        if any(j["status"] == "concluded" for j in watcher.ok("query-jobs")):
+            return
+        watcher.wait_event("JOB_STATUS_CHANGE", {"id": "colo", "status": "concluded"})
+    finally:
+        watcher.close()
+
+
+def test_a_phase_the_primary_never_passes_is_refused(pair: Pair) -> None:
+    # used to be accepted, and with wait: true the reply never came
+    assert pair.p.err("x-daemon-colo-inject", {"phase": "apply", "action": "hold",
+                                               "wait": True}) == (
+        "GenericError", "Fault phase 'apply' does not exist on the primary")
+    assert pair.p.err("x-daemon-colo-inject", {"phase": "apply", "action": "cut"})[0] == \
+        "GenericError"
+    pair.s.ok("x-daemon-colo-inject", {"phase": "apply", "action": "delay", "delay-ms": 1,
+                                       "wait": True})  # the secondary does apply
+    wait_checkpoints(pair.p, 2)
+
+
+def test_clearing_a_delay_in_progress_releases_it(pair: Pair) -> None:
+    pair.s.ok("x-daemon-colo-inject", {"phase": "received", "action": "delay",
+                                       "delay-ms": 4294967295, "wait": True})
+    n = pair.s.checkpoints()
+    pair.s.ok("x-daemon-colo-inject", {"phase": "received", "action": "none"})
+    wait_checkpoints(pair.s, 2)  # used to stay in the delay for 49 days
+    assert pair.s.checkpoints() > n
+
+
+def test_failover_releases_a_delay_in_progress(pair: Pair) -> None:
+    pair.s.ok("x-daemon-colo-inject", {"phase": "received", "action": "delay",
+                                       "delay-ms": 4294967295, "wait": True})
+    pair.s.ok("x-colo-lost-heartbeat")
+    pair.s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "request"})
+    _wait_job_concluded(pair, pair.s)  # the job used to sleep on in the delay
+    job = pair.s.jobs()[0]
+    assert job["status"] == "concluded" and "error" not in job, job
+
+
+def test_sigterm_releases_a_delay_in_progress(pair: Pair) -> None:
+    pair.p.ok("x-daemon-colo-inject", {"phase": "vmstate-size", "action": "delay",
+                                       "delay-ms": 4294967295, "wait": True})
+    assert pair.pri.stop(signal.SIGTERM, timeout=10) == 0  # used to be killed after 30 s

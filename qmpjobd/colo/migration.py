@@ -169,6 +169,17 @@ class Migration:
             return "secondary"
         return "none"
 
+    def fault_side(self) -> str:
+        """The side whose checkpoint phases x-daemon-colo-inject arms: the COLO mode, else
+        the side this daemon is about to take (waiting for an incoming migration or not)."""
+        if self.mode != "none":
+            return self.mode
+        if self.out_status in _RUNNING_STATUSES:
+            return "primary"
+        if self.incoming is not None and self.in_status in ("none", "setup", "active"):
+            return "secondary"
+        return "primary"
+
     def _set_out(self, status: str) -> None:
         self.out_status = status
         if self.caps["events"]:

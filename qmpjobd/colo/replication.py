@@ -162,6 +162,7 @@ class Replication:
             return
         self.failover = "require"
         self.host.metrics.failover_requested = time.time()
+        self.host.faults.release_delays()
         asyncio.get_running_loop().call_soon(self._failover_bh)
 
     def _failover_bh(self) -> None:
@@ -225,7 +226,16 @@ class Replication:
             if self.broken.is_set():
                 raise ConnectionResetError("connection shut down")
         elif fault.action == "delay":
-            await asyncio.sleep(fault.delay)
+            # ends early when cleared (action none), on failover and on shutdown
+            waits = [asyncio.ensure_future(fault.released.wait()),
+                     asyncio.ensure_future(self.broken.wait())]
+            try:
+                await asyncio.wait(waits, timeout=fault.delay,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                self.host.faults.done_delaying(fault)
         elif fault.action == "corrupt":
             await self.chan.send([wire.message(0x2A)])
         elif fault.action == "misorder":
