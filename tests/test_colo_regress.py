@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
+import os
 import signal
 import socket
 from typing import Any
@@ -11,6 +13,10 @@ from typing import Any
 import pytest
 from colotest import EvClient, Pair, start_pair, wait_checkpoints
 from qmptest import start_qmpjobd
+from test_colo_wire import exact, start_fake_pair
+
+from qmpjobd.colo import wire
+from qmpjobd.colo.channel import Address, TlsChannel, listen
 
 
 def _pipelined(c: EvClient, *cmds: dict[str, Any]) -> list[Any]:
@@ -98,3 +104,78 @@ def test_sigterm_releases_a_delay_in_progress(pair: Pair) -> None:
     pair.p.ok("x-daemon-colo-inject", {"phase": "vmstate-size", "action": "delay",
                                        "delay-ms": 4294967295, "wait": True})
     assert pair.pri.stop(signal.SIGTERM, timeout=10) == 0  # used to be killed after 30 s
+
+
+@pytest.mark.parametrize("action", ["corrupt", "misorder"])
+def test_a_damaged_blob_is_discarded_whole(tmp_path: Any, action: str) -> None:
+    # used to be committed (checkpoint N with a digest matching neither side); the broken
+    # stream was noticed only at the next checkpoint
+    pr = start_pair(str(tmp_path), rate=2000, extra_s=("--workload-rate", "0"))
+    p, s = pr.p, pr.s
+    wait_checkpoints(s, 1)
+    m = len(s.events)
+    p.ok("x-daemon-colo-inject", {"phase": "blob", "action": action, "wait": True})
+    s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"}, since=m)
+    after = pr.state(s)
+    history = {h["checkpoint"]: h["digest"] for h in pr.state(p)["history"]}
+    assert after["checkpoint"] == max(history) - 1  # the damaged one was not committed
+    assert after["digest"] == after["checkpoint-digest"] == history[after["checkpoint"]]
+    assert after["runstate"] == "colo"  # stopped, as for a cut link
+    assert s.names(m).count(("COLO_EXIT", {"mode": "secondary", "reason": "error"})) == 1
+    assert s.jobs()[0]["error"].startswith("COLO: ") and "the primary" in s.jobs()[0]["error"]
+
+
+def test_damaged_ram_in_a_checkpoint_is_discarded_whole(tmp_path: Any) -> None:
+    fp, s = start_fake_pair(str(tmp_path), 0)
+    before = s.ok("x-query-guest-state")
+    fp.conn.sendall(wire.message(wire.CHECKPOINT_REQUEST))
+    assert exact(fp.conn, 4) == b"\0\0\0\2"
+    ram, rest = fp.checkpoint_parts(1)
+    bad = bytearray(ram)
+    bad[20] ^= 0xFF  # one byte of page data, after the primary computed its checksum
+    fp.conn.sendall(wire.message(wire.VMSTATE_SEND) + bytes(bad) + rest)
+    s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"})
+    after = s.ok("x-query-guest-state")
+    assert (after["checkpoint"], after["digest"]) == (before["checkpoint"], before["digest"])
+    assert after["runstate"] == "colo"
+    assert s.jobs()[0]["error"] == "COLO: checkpoint RAM does not match the primary's checksum"
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_listen_closes_its_socket_when_bind_fails(tmp_path: Any, kind: str) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    addr = Address("tcp", host="127.0.0.1", port=busy.getsockname()[1]) if kind == "tcp" \
+        else Address("unix", path=f"{tmp_path}/no/such/dir/mig.sock")
+    try:
+        before = _fds()
+        errors = []  # an error kept (logged, re-raised) keeps its frames, and their locals
+        for _ in range(3):
+            with pytest.raises(OSError) as e:
+                await listen(addr)
+            errors.append(e.value)
+        assert _fds() == before  # a descriptor used to leak at every failed bind
+    finally:
+        busy.close()
+
+
+async def test_tls_channel_runs_the_channel_initialiser() -> None:
+    a, b = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=a)
+    try:
+        chan = TlsChannel(reader, writer)
+        # these used to be missing (only TlsChannel's own fields were set)
+        assert chan.sock is not None and chan.sock.fileno() == a.fileno()
+        assert (chan.sent, chan.received, chan.closed) == (0, 0, False)
+        b.sendall(b"0123")
+        assert await chan.recv_exact(4) == b"0123" and chan.received == 4
+        await chan.send([b"xy"])
+        assert b.recv(2) == b"xy" and chan.sent == 2
+    finally:
+        writer.close()
+        b.close()

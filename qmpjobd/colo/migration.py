@@ -21,9 +21,9 @@ from ..protocol.errors import QMPError
 from ..schema import EventSink
 from ..tls import TlsFiles
 from . import wire
-from .channel import Address, Channel, TlsChannel, listen, parse_uri
+from .channel import Address, Channel, TlsChannel, frame_ram, listen, parse_uri, recv_ram
 from .faults import Faults
-from .guest import Guest
+from .guest import Guest, dirty_runs
 from .reference import CAPABILITIES, DEFAULT_PARAMETERS, check_parameters
 from .replication import ColoJob, Metrics, Replication
 
@@ -394,30 +394,23 @@ class Migration:
                 raise ConnectionAbortedError("cancelled")
             self.next_pass()
             self._set_out("active")
-            guest.dirty = set()
-            data, zero = guest.nonzero_runs()
-            parts: list[bytes | memoryview] = [wire.header(guest.page_size, guest.pages, colo,
-                                                             guest.side)]
+            guest.take_dirty()
+            # everything that grows with guest RAM runs in worker threads
             ps, view = guest.page_size, guest.ram.view
-            for first, count in zero:
-                parts.append(wire.record(first, count, wire.REC_ZERO))
-            await chan.send(parts)
-            for first, count in data:
-                await chan.send([wire.record(first, count, wire.REC_PAGE),
-                                 view[first * ps:(first + count) * ps]])
+            data, zero = await asyncio.to_thread(guest.nonzero_runs)
+            await chan.send([wire.header(guest.page_size, guest.pages, colo, guest.side)])
+            for runs, flag in ((zero, wire.REC_ZERO), (data, wire.REC_PAGE)):
+                framed = await asyncio.to_thread(frame_ram, view, ps, runs, flag, False)
+                await chan.send(framed.blocks)
             # the final phase: stopped, and `cont` refused ("Migration is not finalized yet")
             self.set_runstate("finish-migrate")
             self.next_pass()
             hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh()))
-            dirty = wire.runs(sorted(guest.dirty))
-            guest.dirty = set()
-            parts = []
-            for first, count in dirty:
-                parts += [wire.record(first, count, wire.REC_PAGE),
-                          view[first * ps:(first + count) * ps]]
+            dirty = guest.take_dirty()
+            framed = await asyncio.to_thread(
+                lambda: frame_ram(view, ps, dirty_runs(dirty), wire.REC_PAGE, True))
             blob = guest.device_state(0)
-            parts += [wire.eos(), wire.vmstate_size(len(blob)), blob]
-            await chan.send(parts)
+            await chan.send([*framed.blocks, wire.vmstate_size(len(blob)), blob])
             await hashing
             guest.checkpoint = 0
             guest.record_digest(0, guest.hashes.root(blob))
@@ -532,25 +525,10 @@ class Migration:
                 raise wire.ProtocolError(
                     f"guest RAM differs: incoming {pages * page_size} bytes in "
                     f"{page_size}-byte pages, here {len(guest.ram.data)}")
-            ps, view = guest.page_size, guest.ram.view
-            total = records = 0
-            while True:
-                first, flags = wire.parse_record_head(await chan.recv_exact(8))
-                if flags == wire.REC_EOS:
-                    break
-                count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
-                wire.check_run(first, count, flags, pages)
-                total += count
-                records += 1
-                if total > 2 * pages:  # every page once, and again if dirtied meanwhile
-                    raise wire.ProtocolError("the stream carries more pages than guest RAM")
-                if records % 256 == 0:
-                    await asyncio.sleep(0)  # many small records must not starve the loop
-                if flags == wire.REC_PAGE:
-                    await chan.recv_into(view[first * ps:(first + count) * ps])
-                else:
-                    guest.ram.zero_run(first, count, ps)
-                guest.hashes.mark_runs([(first, count)])
+            # every page once, and again if dirtied meanwhile
+            runs = await recv_ram(chan, guest.ram, guest.page_size, pages, 2 * pages,
+                                  "the stream carries more pages than guest RAM")
+            guest.hashes.mark_runs(runs)
             wire.expect(wire.parse_message(await chan.recv_exact(4)), wire.VMSTATE_SIZE)
             size = wire.parse_u64(await chan.recv_exact(8))
             if size > wire.MAX_DEVICE_STATE:
