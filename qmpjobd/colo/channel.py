@@ -147,6 +147,7 @@ class Channel:
         if got:
             view[:got] = self._buf[:got]
             del self._buf[:got]
+        unyielded = 0
         while got < len(view):
             if self.closed:
                 raise ConnectionResetError("connection closed")
@@ -155,6 +156,10 @@ class Channel:
                 raise ShortRead(got)
             got += n
             self.received += n
+            unyielded += n
+            if unyielded >= _YIELD_EVERY:  # data always ready: let the other clients in
+                unyielded = 0
+                await asyncio.sleep(0)
 
     async def _recv(self, n: int) -> bytes:
         if self.closed:

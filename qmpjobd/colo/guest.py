@@ -121,10 +121,17 @@ class ChunkHashes:
         return lambda: self._rehash_pages(pages, runs)
 
     def _rehash_pages(self, pages: set[int], runs: list[tuple[int, int]]) -> None:
+        # no per-page containers: a few hundred thousand of them would set off full
+        # garbage collections, which hold the GIL and so stall the event loop
         for first, count in runs:
             pages.update(range(first, first + count))
-        ps, view = self.page_size, self.buf.view
-        self._rehash([(p, view[p * ps:(p + 1) * ps]) for p in pages])
+        ps, view, sha = self.page_size, self.buf.view, hashlib.sha256
+        with self._lock:
+            hashes = self.pages
+            for p in pages:
+                hashes[p] = sha(view[p * ps:(p + 1) * ps]).digest()
+            for c in {p >> self.shift for p in pages}:
+                self.chunks[c] = self._chunk_hash(c)
 
     def refresh_copy(self, limit: int = 1 << 30) -> Callable[[], None]:
         """Like :meth:`refresh` but copies (at most ``limit`` of) the stale pages first, for a
