@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from colotest import EvClient, Pair, start_pair, wait_checkpoints
-from qmptest import start_qmpjobd
+from qmptest import NO_QEMU_REASON, QEMU, Daemon, start_qmpjobd
 from test_colo_wire import exact, read_blob, read_ram, start_fake_pair
 
 from qmpjobd.colo import wire
@@ -208,3 +208,33 @@ def test_queries_are_answered_while_a_large_guest_migrates(tmp_path: Any) -> Non
     a.wait_event("MIGRATION", {"status": "completed"}, timeout=30)
     conn.close()
     lsock.close()
+
+
+@pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_migrate_incoming_then_query_migrate_live_as_qemu(tmp_path: Any, kind: str) -> None:
+    """The pipelined pair of the first test, against a live QEMU 7.2: same replies (but the
+    port), same events."""
+    assert QEMU is not None
+    results = []
+    for server in ("qemu", "qmpjobd"):
+        sock = f"{tmp_path}/{server}.sock"
+        if server == "qemu":
+            d = Daemon([QEMU, "-M", "none", "-nodefaults", "-display", "none", "-incoming",
+                        "defer", "-qmp", f"unix:{sock},server=on,wait=off"], sock)
+        else:
+            d = start_qmpjobd(str(tmp_path), "--incoming", "defer", name=f"{server}.sock")
+        c = EvClient(d.path)
+        c.ok("migrate-set-capabilities", {"capabilities": [{"capability": "events",
+                                                            "state": True}]})
+        uri = "tcp:127.0.0.1:0" if kind == "tcp" else f"unix:{tmp_path}/{server}-mig.sock"
+        got = _pipelined(c, {"execute": "migrate-incoming", "arguments": {"uri": uri}},
+                         {"execute": "query-migrate"})
+        for addr in got[1]["return"].get("socket-address", []):
+            assert addr.get("port") != "0"  # the bound port, never the 0 asked for
+            for key in ("port", "path"):  # they differ per run (and per server)
+                if key in addr:
+                    addr[key] = "*"
+        results.append((got, c.names()))
+        d.stop()
+    assert results[0] == results[1]
