@@ -86,8 +86,8 @@ def summary(where: str, rtts: list[float]) -> dict[str, Any]:
             "worst ms": round(d[-1], 3)}
 
 
-def migration_case(ram: str) -> list[dict[str, Any]]:
-    """A guest whose RAM is all written migrates; probes on both daemons."""
+def migration_case(ram: str, fill: bool) -> list[dict[str, Any]]:
+    """A guest migrates (its RAM all written first, or all zero); probes on both daemons."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             dst = start_qmpjobd(tmp, "--incoming", f"unix:{tmp}/mig.sock", "--guest-ram", ram,
@@ -100,7 +100,7 @@ def migration_case(ram: str) -> list[dict[str, Any]]:
             # write every page once (a sweep), then stop writing: the loop's own workload
             # must not be what the probes measure
             pages = c.ok("x-query-guest-state")["ram-size"] // 4096
-            while True:
+            while fill:
                 c.ok("x-daemon-workload", {"rate": 2_000_000})
                 time.sleep(1.0)
                 c.ok("x-daemon-workload", {"rate": 0})
@@ -113,8 +113,9 @@ def migration_case(ram: str) -> list[dict[str, Any]]:
             c.ok("migrate", {"uri": f"unix:{tmp}/mig.sock"})
             c.wait_event("MIGRATION", {"status": "completed"}, timeout=300)
             took = time.perf_counter() - t0
-            rows = [summary(f"migration {ram}: source", probes[0].finish()),
-                    summary(f"migration {ram}: destination", probes[1].finish())]
+            what = f"migration {ram} {'written' if fill else 'zero'}"
+            rows = [summary(f"{what}: source", probes[0].finish()),
+                    summary(f"{what}: destination", probes[1].finish())]
             for r in rows:
                 r["case seconds"] = round(took, 2)
             return rows
@@ -160,7 +161,7 @@ def main() -> None:
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     if args.only in (None, "migration"):
-        rows += migration_case(args.ram)
+        rows += migration_case(args.ram, True) + migration_case(args.ram, False)
     if args.only in (None, "colo"):
         rows += colo_case(args.colo_seconds)
     keys = list(dict.fromkeys(k for r in rows for k in r))
