@@ -26,6 +26,9 @@ _YIELD_EVERY = 1 << 20
 """Bytes written between two turns of the event loop, even when the socket never fills."""
 _CRC_BATCH = 4 << 20
 _ZERO_IN_THREAD = 1 << 20
+INLINE_BELOW = 64 * 1024
+"""Sections smaller than this are framed and checksummed on the loop (a thread hop costs
+more than the work)."""
 _crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="colo-crc")
 """One worker: the pieces of a section are checksummed in the order they were queued."""
 
@@ -303,9 +306,16 @@ class SectionCrc:
 
     async def result(self) -> int:
         """The CRC of every piece added."""
-        self._flush()
         if self._last is not None:
+            self._flush()
             await self._last  # one worker: every earlier batch is done too
+        elif self._queued < INLINE_BELOW:  # a small section: a thread hop costs more
+            batch, self._batch, self._queued = self._batch, [], 0
+            self._update(batch)
+        else:
+            self._flush()
+            assert self._last is not None
+            await self._last
         return self.crc
 
 

@@ -20,7 +20,16 @@ from typing import Any, Protocol
 from ..jobs import Job, JobError
 from ..schema import EventSink
 from . import wire
-from .channel import Channel, Framed, SectionCrc, ShortRead, frame_ram, recv_ram, send_ram
+from .channel import (
+    INLINE_BELOW,
+    Channel,
+    Framed,
+    SectionCrc,
+    ShortRead,
+    frame_ram,
+    recv_ram,
+    send_ram,
+)
 from .faults import Faults
 from .guest import Buffer, ChunkHashes, Guest, dirty_runs
 
@@ -319,7 +328,12 @@ class Replication:
             page_runs = dirty_runs(dirty)
             return frame_ram(view, ps, page_runs, wire.REC_PAGE, True), len(dirty)
 
-        framing = asyncio.ensure_future(asyncio.to_thread(frame))
+        if len(dirty) * ps < INLINE_BELOW:  # a few pages: a thread hop costs more
+            framing: asyncio.Future[tuple[Framed, int]] = asyncio.get_running_loop() \
+                .create_future()
+            framing.set_result(frame())
+        else:
+            framing = asyncio.ensure_future(asyncio.to_thread(frame))
         hashing: asyncio.Future[None] | None = None
         if host.verify and guest.hashes.has_stale:
             hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh()))
