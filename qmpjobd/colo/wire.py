@@ -4,7 +4,9 @@ No I/O here: encoders return bytes and decoders take bytes, so the framing can b
 Control messages are QEMU's (a be32 COLOMessage index; ``vmstate-size`` is followed by a be64
 byte count and then exactly that many device-state bytes).  The RAM stream borrows QEMU's
 record header (be64 ``page_address | flags``) but carries runs of pages (a be32 count follows
-the header) so that a contiguous dirty range travels as one record.
+the header) so that a contiguous dirty range travels as one record.  In a checkpoint the device
+blob is followed by a check (:func:`checkpoint_check`): the RAM section's length and CRC-32 and
+the blob's SHA-256, so that the secondary applies nothing of a damaged checkpoint.
 """
 
 from __future__ import annotations
