@@ -10,7 +10,14 @@ import socket
 import pytest
 from colotest import EvClient, Pair, heartbeats, start_pair, wait_checkpoints
 from qmptest import start_qmpjobd
-from test_colo_wire import FakePrimary, exact, read_blob, read_ram, start_fake_pair
+from test_colo_wire import (
+    FakePrimary,
+    blob_and_check,
+    exact,
+    read_blob,
+    read_ram,
+    start_fake_pair,
+)
 
 from qmpjobd.colo import wire
 
@@ -139,7 +146,7 @@ def test_a_bad_device_blob_applies_nothing(fake: tuple[FakePrimary, EvClient],
     fp.conn.sendall(wire.message(wire.CHECKPOINT_REQUEST))
     assert exact(fp.conn, 4) == b"\0\0\0\2"
     ram, _ = fp.checkpoint_parts(1)
-    fp.conn.sendall(wire.message(wire.VMSTATE_SEND) + ram + wire.vmstate_size(len(blob)) + blob)
+    fp.conn.sendall(wire.message(wire.VMSTATE_SEND) + ram + blob_and_check(ram, blob))
     s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"})
     after = s.ok("x-query-guest-state")
     assert (after["checkpoint"], after["digest"]) == (before["checkpoint"], before["digest"])

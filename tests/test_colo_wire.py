@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import zlib
 
 import pytest
 from colotest import EvClient
@@ -27,16 +28,20 @@ def exact(conn: socket.socket, n: int) -> bytes:
     return buf
 
 
-def read_ram(conn: socket.socket) -> list[tuple[int, int, int]]:
-    """Records up to EOS as (first, count, flags); page data is read and dropped."""
+def read_ram(conn: socket.socket, raw: list[bytes] | None = None) -> list[tuple[int, int, int]]:
+    """Records up to EOS as (first, count, flags); page data is read and dropped (every byte
+    read is appended to ``raw`` when given)."""
     out = []
+    keep = raw if raw is not None else []
     while True:
-        first, flags = wire.parse_record_head(exact(conn, 8))
+        keep.append(exact(conn, 8))
+        first, flags = wire.parse_record_head(keep[-1])
         if flags == wire.REC_EOS:
             return out
-        (count,) = struct.unpack(">I", exact(conn, 4))
+        keep.append(exact(conn, 4))
+        (count,) = struct.unpack(">I", keep[-1])
         if flags == wire.REC_PAGE:
-            exact(conn, count * 4096)
+            keep.append(exact(conn, count * 4096))
         out.append((first, count, flags))
 
 
@@ -73,8 +78,13 @@ def test_primary_bytes_against_a_scripted_secondary(tmp_path: object) -> None:
         assert p.ok("query-status")["status"] == "running"  # stops only after the reply
         conn.sendall(wire.message(wire.CHECKPOINT_REPLY))
         assert exact(conn, 4) == b"\0\0\0\3"
-        assert all(f == wire.REC_PAGE for _, _, f in read_ram(conn))
-        assert len(read_blob(conn)) == 4096
+        raw: list[bytes] = []
+        assert all(f == wire.REC_PAGE for _, _, f in read_ram(conn, raw))
+        blob = read_blob(conn)
+        assert len(blob) == 4096
+        section = b"".join(raw)  # then the section's length and CRC-32 and the blob's SHA-256
+        assert exact(conn, wire.CHECK_SIZE) == \
+            wire.checkpoint_check(len(section), zlib.crc32(section), blob)
         assert p.ok("query-status")["status"] == "colo"
         since = len(p.events)
         conn.sendall(wire.message(wire.VMSTATE_RECEIVED))
@@ -83,6 +93,12 @@ def test_primary_bytes_against_a_scripted_secondary(tmp_path: object) -> None:
     assert [d["pass"] for e, d in p.names() if e == "MIGRATION_PASS"] == [1, 2, 3, 4]
     conn.close()
     lsock.close()
+
+
+def blob_and_check(ram: bytes, blob: bytes) -> bytes:
+    """What follows a checkpoint's RAM section: vmstate-size, the blob and their check."""
+    return wire.vmstate_size(len(blob)) + blob + wire.checkpoint_check(len(ram),
+                                                                      zlib.crc32(ram), blob)
 
 
 class FakePrimary:
@@ -104,14 +120,14 @@ class FakePrimary:
         g.dirty.clear()
 
     def checkpoint_parts(self, seq: int) -> tuple[bytes, bytes]:
-        """(the RAM section, the vmstate-size message and blob) for the pages written now."""
+        """(the RAM section, the vmstate-size message, blob and check) for the pages written
+        now."""
         g = self.guest
         g.step(5)
         ram = b"".join(wire.record(p, 1, wire.REC_PAGE) + bytes(g.ram.data[p * 4096:(p + 1) * 4096])
                        for p in sorted(g.dirty)) + wire.eos()
         g.dirty.clear()
-        blob = g.device_state(seq)
-        return ram, wire.vmstate_size(len(blob)) + blob
+        return ram, blob_and_check(ram, g.device_state(seq))
 
     def digest(self, seq: int) -> str:
         self.guest.hashes.mark_runs([(0, PAGES)])
@@ -165,7 +181,8 @@ def test_partial_checkpoint_is_never_applied(fake_pair: tuple[FakePrimary, EvCli
     assert exact(fp.conn, 4) == b"\0\0\0\2"
     ram, blob = fp.checkpoint_parts(1)
     data = wire.message(wire.VMSTATE_SEND) + (ram[:len(ram) // 2] if cut == "mid-ram"
-                                              else ram + blob[:len(blob) - 100])
+                                              else ram + blob[:len(blob) - wire.CHECK_SIZE
+                                                              - 100])
     fp.conn.sendall(data)
     fp.conn.close()
     s.wait_event("COLO_EXIT", {"mode": "secondary", "reason": "error"})
@@ -176,7 +193,7 @@ def test_partial_checkpoint_is_never_applied(fake_pair: tuple[FakePrimary, EvCli
     job = s.jobs()[0]
     assert job["status"] == "concluded"
     if cut == "mid-blob":
-        size = len(blob) - 12
+        size = len(blob) - 12 - wire.CHECK_SIZE
         assert job["error"] == f"Got {size - 100} VMState data, less than expected {size}"
 
 

@@ -4,22 +4,36 @@ event loop, with the return path on the same socket (as QEMU's migration channel
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import socket
 import ssl
 import stat
-from collections.abc import Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .. import address
 from ..address import Address, AddressError
 from ..errors import QmpjobdError
+from . import wire
+from .guest import Buffer
 
 _READ_AHEAD = 64 * 1024
 HANDSHAKE = 10.0
 """Seconds a TLS handshake on the replication link may take."""
 _JOIN_BELOW = 256 * 1024
+_YIELD_EVERY = 1 << 20
+"""Bytes written between two turns of the event loop, even when the socket never fills."""
+_CRC_BATCH = 4 << 20
+_ZERO_IN_THREAD = 1 << 20
+INLINE_BELOW = 64 * 1024
+"""Sections smaller than this are framed and checksummed on the loop (a thread hop costs
+more than the work)."""
+_crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="colo-crc")
+"""One worker: the pieces of a section are checksummed in the order they were queued."""
 
 
 def parse_uri(uri: str) -> Address | None:
@@ -43,9 +57,11 @@ class Channel:
     """A connected socket with exact-size reads (read ahead for small messages) and writes
     that join small pieces; closing or :meth:`shutdown` wakes a pending read or write."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+    def __init__(self, sock: Any) -> None:
+        """``sock``: a connected socket (or, for TLS, the transport's view of one)."""
+        if isinstance(sock, socket.socket):
+            sock.setblocking(False)
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.loop = asyncio.get_running_loop()
@@ -77,7 +93,12 @@ class Channel:
         """Write every part, in order; small parts are joined into one write."""
         pending: list[bytes | memoryview] = []
         size = 0
+        unyielded = 0
         for part in parts:
+            unyielded += len(part)
+            if unyielded >= _YIELD_EVERY:  # a fast reader must not let this hog the loop
+                unyielded = 0
+                await asyncio.sleep(0)
             if len(part) >= _JOIN_BELOW:
                 if pending:
                     await self._write(b"".join(pending))
@@ -113,6 +134,7 @@ class Channel:
         if got:
             view[:got] = self._buf[:got]
             del self._buf[:got]
+        unyielded = 0
         while got < len(view):
             if self.closed:
                 raise ConnectionResetError("connection closed")
@@ -121,6 +143,10 @@ class Channel:
                 raise ShortRead(got)
             got += n
             self.received += n
+            unyielded += n
+            if unyielded >= _YIELD_EVERY:  # data always ready: let the other clients in
+                unyielded = 0
+                await asyncio.sleep(0)
 
     async def _recv(self, n: int) -> bytes:
         if self.closed:
@@ -146,21 +172,26 @@ class Channel:
 
 async def listen(addr: Address) -> socket.socket:
     """A listening socket for an incoming migration (port 0 picks a free port)."""
+    target: Any
     if addr.kind == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        family, target = socket.AF_UNIX, addr.path
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(addr.path).st_mode):
                 os.unlink(addr.path)
-        sock.bind(addr.path)
     else:
         infos = await asyncio.get_running_loop().getaddrinfo(
             addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, target = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if addr.kind != "unix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(target)
-    sock.listen(1)
-    sock.setblocking(False)
+        sock.listen(1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()  # a failed bind must not leak the descriptor
+        raise
     return sock
 
 
@@ -168,15 +199,9 @@ class TlsChannel(Channel):
     """The same link over TLS (asyncio streams; ``--colo-tls``)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(writer.get_extra_info("socket"))
         self.reader = reader
         self.writer = writer
-        self.loop = asyncio.get_running_loop()
-        self.sent = 0
-        self.received = 0
-        self.closed = False
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @classmethod
     async def connect_tls(cls, addr: Address, ctx: ssl.SSLContext) -> TlsChannel:
@@ -229,3 +254,165 @@ class TlsChannel(Channel):
         if not self.closed:
             self.closed = True
             self.writer.transport.abort()
+
+
+# -- RAM sections: the one writer and the one reader ----------------------------------------
+
+class SectionCrc:
+    """The CRC-32 of a stream section, computed off the event loop as its pieces arrive."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.size = 0
+        self._batch: list[bytes | memoryview] = []
+        self._queued = 0
+        self._last: asyncio.Future[None] | None = None
+
+    def add(self, piece: bytes | memoryview) -> None:
+        """Account for the next piece (it must not change until :meth:`result`)."""
+        self._batch.append(piece)
+        self.size += len(piece)
+        self._queued += len(piece)
+        if self._queued >= _CRC_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch, self._queued = self._batch, [], 0
+        if batch:
+            self._last = asyncio.get_running_loop().run_in_executor(_crc_pool, self._update,
+                                                                    batch)
+
+    def _update(self, batch: list[bytes | memoryview]) -> None:
+        crc = self.crc
+        for piece in batch:
+            crc = zlib.crc32(piece, crc)  # releases the GIL for pieces over 5 KiB
+        self.crc = crc
+
+    async def result(self) -> int:
+        """The CRC of every piece added."""
+        if self._last is not None:
+            self._flush()
+            await self._last  # one worker: every earlier batch is done too
+        elif self._queued < INLINE_BELOW:  # a small section: a thread hop costs more
+            batch, self._batch, self._queued = self._batch, [], 0
+            self._update(batch)
+        else:
+            self._flush()
+            assert self._last is not None
+            await self._last
+        return self.crc
+
+
+@dataclass
+class Framed:
+    """A RAM section ready to send: blocks (small records joined, large runs as views)."""
+
+    blocks: list[bytes | memoryview]
+    midway: int
+    """Blocks that hold the first half of the records (a fault may act after them)."""
+    size: int
+
+
+def frame_ram(view: memoryview, page_size: int, runs: Sequence[tuple[int, int]], flag: int,
+              eos: bool) -> Framed:
+    """Records for ``runs`` (page data follows REC_PAGE), then EOS if asked.  Meant for a
+    worker thread: its cost grows with the section."""
+    blocks: list[bytes | memoryview] = []
+    pending: list[bytes | memoryview] = []
+    size = pending_size = 0
+    mid = max(1, len(runs) // 2)
+    midway = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_size
+        if pending:
+            blocks.append(b"".join(pending))
+            pending, pending_size = [], 0
+
+    for i, (first, count) in enumerate(runs):
+        head = wire.record(first, count, flag)
+        pending.append(head)
+        pending_size += len(head)
+        size += len(head)
+        if flag == wire.REC_PAGE:
+            data = view[first * page_size:(first + count) * page_size]
+            size += len(data)
+            if len(data) >= _JOIN_BELOW:
+                flush()
+                blocks.append(data)
+            else:
+                pending.append(data)
+                pending_size += len(data)
+        if pending_size >= _JOIN_BELOW:
+            flush()
+        if i + 1 == mid:
+            flush()
+            midway = len(blocks)
+    if eos:
+        pending.append(wire.eos())
+        size += wire.EOS_SIZE
+    flush()
+    return Framed(blocks, midway, size)
+
+
+async def send_ram(chan: Channel, framed: Framed,
+                   midway: Callable[[], Awaitable[None]] | None = None) -> int:
+    """Send a framed RAM section; ``midway`` is awaited after the first half of its records
+    (or before EOS when there are none).  Returns the CRC-32 of what was sent, computed in a
+    worker thread while the section goes out."""
+    crc = SectionCrc()
+    for block in framed.blocks:
+        crc.add(block)
+    result = asyncio.ensure_future(crc.result())
+    try:
+        await chan.send(framed.blocks[:framed.midway])
+        if midway is not None:
+            await midway()
+        await chan.send(framed.blocks[framed.midway:])
+    finally:
+        if not result.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(result)
+    return await result
+
+
+async def recv_ram(chan: Channel, buf: Buffer, page_size: int, pages: int, limit: int,
+                   too_many: str, first_record: Callable[[], Awaitable[None]] | None = None,
+                   crc: SectionCrc | None = None) -> list[tuple[int, int]]:
+    """Read RAM records up to EOS into ``buf`` at their page offsets; the runs received.
+    More than ``limit`` pages in all is a ProtocolError (``too_many``).  ``first_record``
+    is awaited after the first record (or at EOS when there is none)."""
+    runs: list[tuple[int, int]] = []
+    total = 0
+    while True:
+        head = await chan.recv_exact(8)
+        if crc is not None:
+            crc.add(head)
+        first, flags = wire.parse_record_head(head)
+        if flags == wire.REC_EOS:
+            break
+        raw = await chan.recv_exact(4)
+        if crc is not None:
+            crc.add(raw)
+        count = wire.parse_u64(b"\0\0\0\0" + raw)
+        wire.check_run(first, count, flags, pages)
+        total += count
+        if total > limit:
+            raise wire.ProtocolError(too_many)
+        if len(runs) % 256 == 255:
+            await asyncio.sleep(0)  # a flood of small records must not starve the loop
+        if flags == wire.REC_PAGE:
+            data = buf.view[first * page_size:(first + count) * page_size]
+            await chan.recv_into(data)
+            if crc is not None:
+                crc.add(data)
+        elif count * page_size >= _ZERO_IN_THREAD:
+            await asyncio.to_thread(buf.zero_run, first, count, page_size)
+        else:
+            buf.zero_run(first, count, page_size)
+        runs.append((first, count))
+        if len(runs) == 1 and first_record is not None:
+            await first_record()
+    if not runs and first_record is not None:
+        await first_record()
+    return runs

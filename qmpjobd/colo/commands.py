@@ -8,6 +8,7 @@ from typing import Any
 
 from ..protocol.errors import QMPError
 from ..schema import Registry
+from .faults import SIDE_PHASES
 from .heartbeat import Heartbeat
 from .migration import Migration
 
@@ -50,6 +51,9 @@ def register(registry: Registry, mig: Migration, heartbeat: Heartbeat) -> None:
     on("x-daemon-colo-set", colo_set)
 
     def inject(args: dict[str, Any]) -> Any:
+        side = mig.fault_side()
+        if args["phase"] not in SIDE_PHASES[side]:
+            raise QMPError(f"Fault phase '{args['phase']}' does not exist on the {side}")
         fault = mig.faults.arm(args["phase"], args["action"],
                                args.get("delay-ms", 0) / 1000.0)
         if fault is None or not args.get("wait", False):

@@ -29,6 +29,9 @@ CHUNK_PAGES = 64
 PATTERNS = ("random", "sweep", "hot-set")
 _STAMP = struct.Struct(">QQ")
 _MASK64 = (1 << 64) - 1
+_memcmp = ctypes.CDLL(None).memcmp  # a foreign call: the GIL is released while it runs
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_memcmp.restype = ctypes.c_int
 
 
 @dataclass
@@ -93,29 +96,55 @@ class ChunkHashes:
             self.chunks[-1] = self._chunk_hash(chunks - 1)
         self.stale: set[int] = set()
         """Pages whose hash is out of date (only changed on the event loop thread)."""
+        self.stale_runs: list[tuple[int, int]] = []
+        """Runs of pages whose hash is out of date (bulk marks: O(1) per run on the loop)."""
         self._lock = threading.Lock()
+
+    @property
+    def has_stale(self) -> bool:
+        """Some hash is out of date."""
+        return bool(self.stale or self.stale_runs)
 
     def _chunk_hash(self, c: int) -> bytes:
         return hashlib.sha256(b"".join(self.pages[c * CHUNK_PAGES:(c + 1) * CHUNK_PAGES])).digest()
 
     def mark_runs(self, runs: Iterable[tuple[int, int]]) -> None:
-        """Pages of these runs changed."""
-        for first, count in runs:
-            self.stale.update(range(first, first + count))
+        """Pages of these runs changed (expanded into pages only by the hashing thread)."""
+        self.stale_runs.extend(runs)
 
     def refresh(self) -> Callable[[], None]:
-        """Take the stale pages now (on the event loop) and return the work that hashes them,
-        to run in a worker thread.  The buffer should not change meanwhile (the guest is
-        stopped); if it does, the digest is of a moving state, but nothing breaks."""
-        ps, view = self.page_size, self.buf.view
-        items = [(p, view[p * ps:(p + 1) * ps]) for p in self.stale]
-        self.stale = set()
-        return lambda: self._rehash(items)
+        """Take the stale pages now (O(1) on the event loop) and return the work that hashes
+        them, to run in a worker thread.  The buffer should not change meanwhile (the guest
+        is stopped); if it does, the digest is of a moving state, but nothing breaks."""
+        pages, runs = self.stale, self.stale_runs
+        self.stale, self.stale_runs = set(), []
+        return lambda: self._rehash_pages(pages, runs)
+
+    def _rehash_pages(self, pages: set[int], runs: list[tuple[int, int]]) -> None:
+        # no per-page containers: a few hundred thousand of them would set off full
+        # garbage collections, which hold the GIL and so stall the event loop
+        for first, count in runs:
+            pages.update(range(first, first + count))
+        ps, view, sha = self.page_size, self.buf.view, hashlib.sha256
+        with self._lock:
+            hashes = self.pages
+            for p in pages:
+                hashes[p] = sha(view[p * ps:(p + 1) * ps]).digest()
+            for c in {p >> self.shift for p in pages}:
+                self.chunks[c] = self._chunk_hash(c)
 
     def refresh_copy(self, limit: int = 1 << 30) -> Callable[[], None]:
         """Like :meth:`refresh` but copies (at most ``limit`` of) the stale pages first, for a
         buffer that keeps changing while the hashing runs; the rest stay stale."""
         ps, view = self.page_size, self.buf.view
+        budget = limit
+        while self.stale_runs and budget > 0:  # bounded: at most ``limit`` pages per call
+            first, count = self.stale_runs.pop()
+            n = min(count, budget)
+            self.stale.update(range(first, first + n))
+            if n < count:
+                self.stale_runs.append((first + n, count - n))
+            budget -= n
         take: set[int] = set()
         for p in self.stale:
             if len(take) >= limit:
@@ -252,24 +281,36 @@ class Guest:
     async def digest_now(self, running: bool) -> str:
         """Digest of the live RAM and the current device state, hashed off the event loop."""
         blob = self.device_state(self.checkpoint)
-        while self.hashes.stale:
+        while self.hashes.has_stale:
             # a running guest: copy a bounded batch at a time, so other clients never wait
             # long; it is a digest of a moving state anyway
-            work = self.hashes.refresh_copy(4096) if running else self.hashes.refresh()
+            work = self.hashes.refresh_copy(1024) if running else self.hashes.refresh()
             await asyncio.to_thread(work)
         return self.hashes.root(blob)
 
+    def take_dirty(self) -> set[int]:
+        """The dirty log so far (the caller owns it; a new, empty one starts now)."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
     def nonzero_runs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """(runs of pages holding data, runs of all-zero pages), for the initial full sync."""
-        data: list[int] = []
-        zero: list[int] = []
-        view, ps = self.ram.view, self.page_size
-        step = CHUNK_PAGES
-        zchunk = bytes(step * ps)
+        """(runs of pages holding data, runs of all-zero pages), for the initial full sync.
+        For a worker thread: it reads all of RAM (with the GIL released while comparing)."""
+        data: list[tuple[int, int]] = []
+        zero: list[tuple[int, int]] = []
+        ps, step, base = self.page_size, CHUNK_PAGES, self.ram.address
+        zchunk = ctypes.create_string_buffer(step * ps)
+        zaddr = ctypes.addressof(zchunk)
         for c in range(0, self.pages, step):
             n = min(step, self.pages - c)
-            if view[c * ps:(c + n) * ps] == zchunk[:n * ps]:
-                zero.extend(range(c, c + n))
+            out = data if _memcmp(base + c * ps, zaddr, n * ps) else zero
+            if out and out[-1][0] + out[-1][1] == c:
+                out[-1] = (out[-1][0], out[-1][1] + n)
             else:
-                data.extend(range(c, c + n))
-        return runs(data), runs(zero)
+                out.append((c, n))
+        return data, zero
+
+
+def dirty_runs(pages: set[int]) -> list[tuple[int, int]]:
+    """A dirty log as sorted runs (for a worker thread: it grows with the log)."""
+    return runs(sorted(pages))

@@ -22,9 +22,9 @@ from ..protocol.errors import QMPError
 from ..schema import EventSink
 from ..tls import TlsFiles
 from . import wire
-from .channel import Channel, TlsChannel, listen, parse_uri
+from .channel import Channel, TlsChannel, frame_ram, listen, parse_uri, recv_ram
 from .faults import Faults
-from .guest import Guest
+from .guest import Guest, dirty_runs
 from .reference import CAPABILITIES, DEFAULT_PARAMETERS, check_parameters
 from .replication import ColoJob, Metrics, Replication
 
@@ -169,6 +169,17 @@ class Migration:
         if self.in_status == "colo":
             return "secondary"
         return "none"
+
+    def fault_side(self) -> str:
+        """The side whose checkpoint phases x-daemon-colo-inject arms: the COLO mode, else
+        the side this daemon is about to take (waiting for an incoming migration or not)."""
+        if self.mode != "none":
+            return self.mode
+        if self.out_status in _RUNNING_STATUSES:
+            return "primary"
+        if self.incoming is not None and self.in_status in ("none", "setup", "active"):
+            return "secondary"
+        return "primary"
 
     def _set_out(self, status: str) -> None:
         self.out_status = status
@@ -384,30 +395,23 @@ class Migration:
                 raise ConnectionAbortedError("cancelled")
             self.next_pass()
             self._set_out("active")
-            guest.dirty = set()
-            data, zero = guest.nonzero_runs()
-            parts: list[bytes | memoryview] = [wire.header(guest.page_size, guest.pages, colo,
-                                                             guest.side)]
+            guest.take_dirty()
+            # everything that grows with guest RAM runs in worker threads
             ps, view = guest.page_size, guest.ram.view
-            for first, count in zero:
-                parts.append(wire.record(first, count, wire.REC_ZERO))
-            await chan.send(parts)
-            for first, count in data:
-                await chan.send([wire.record(first, count, wire.REC_PAGE),
-                                 view[first * ps:(first + count) * ps]])
+            data, zero = await asyncio.to_thread(guest.nonzero_runs)
+            await chan.send([wire.header(guest.page_size, guest.pages, colo, guest.side)])
+            for runs, flag in ((zero, wire.REC_ZERO), (data, wire.REC_PAGE)):
+                framed = await asyncio.to_thread(frame_ram, view, ps, runs, flag, False)
+                await chan.send(framed.blocks)
             # the final phase: stopped, and `cont` refused ("Migration is not finalized yet")
             self.set_runstate("finish-migrate")
             self.next_pass()
             hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh()))
-            dirty = wire.runs(sorted(guest.dirty))
-            guest.dirty = set()
-            parts = []
-            for first, count in dirty:
-                parts += [wire.record(first, count, wire.REC_PAGE),
-                          view[first * ps:(first + count) * ps]]
+            dirty = guest.take_dirty()
+            framed = await asyncio.to_thread(
+                lambda: frame_ram(view, ps, dirty_runs(dirty), wire.REC_PAGE, True))
             blob = guest.device_state(0)
-            parts += [wire.eos(), wire.vmstate_size(len(blob)), blob]
-            await chan.send(parts)
+            await chan.send([*framed.blocks, wire.vmstate_size(len(blob)), blob])
             await hashing
             guest.checkpoint = 0
             guest.record_digest(0, guest.hashes.root(blob))
@@ -476,17 +480,20 @@ class Migration:
             except OSError as e:
                 self.incoming_started = False  # QEMU lets the command be retried
                 raise QMPError(f"Failed to bind socket: {e.strerror or e}") from None
+            # everything query-migrate shows is in place before the reply (as QEMU 7.2):
+            # the bound address, with the port the OS picked for port 0
+            bound = addr
+            if addr.kind == "tcp":
+                host, port = sock.getsockname()[:2]
+                bound = Address("tcp", host=host, port=port)
+            self._listener = sock
+            self.in_address = bound
+            self.machine.yankables["migration"] = self._yank
             self._set_in("setup")
-            self._spawn(self._incoming(addr, sock))
+            self._spawn(self._incoming(bound, sock))
         return bind()
 
     async def _incoming(self, addr: Address, sock: socket.socket) -> None:
-        self._listener = sock
-        if addr.kind == "tcp":
-            host, port = sock.getsockname()[:2]
-            addr = Address("tcp", host=host, port=port)
-        self.in_address = addr
-        self.machine.yankables["migration"] = self._yank
         log.info("waiting for an incoming migration on %s",
                  addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}")
         loop = asyncio.get_running_loop()
@@ -519,25 +526,10 @@ class Migration:
                 raise wire.ProtocolError(
                     f"guest RAM differs: incoming {pages * page_size} bytes in "
                     f"{page_size}-byte pages, here {len(guest.ram.data)}")
-            ps, view = guest.page_size, guest.ram.view
-            total = records = 0
-            while True:
-                first, flags = wire.parse_record_head(await chan.recv_exact(8))
-                if flags == wire.REC_EOS:
-                    break
-                count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
-                wire.check_run(first, count, flags, pages)
-                total += count
-                records += 1
-                if total > 2 * pages:  # every page once, and again if dirtied meanwhile
-                    raise wire.ProtocolError("the stream carries more pages than guest RAM")
-                if records % 256 == 0:
-                    await asyncio.sleep(0)  # many small records must not starve the loop
-                if flags == wire.REC_PAGE:
-                    await chan.recv_into(view[first * ps:(first + count) * ps])
-                else:
-                    guest.ram.zero_run(first, count, ps)
-                guest.hashes.mark_runs([(first, count)])
+            # every page once, and again if dirtied meanwhile
+            runs = await recv_ram(chan, guest.ram, guest.page_size, pages, 2 * pages,
+                                  "the stream carries more pages than guest RAM")
+            guest.hashes.mark_runs(runs)
             wire.expect(wire.parse_message(await chan.recv_exact(4)), wire.VMSTATE_SIZE)
             size = wire.parse_u64(await chan.recv_exact(8))
             if size > wire.MAX_DEVICE_STATE:

@@ -20,13 +20,24 @@ from typing import Any, Protocol
 from ..jobs import Job, JobError
 from ..schema import EventSink
 from . import wire
-from .channel import Channel, ShortRead
+from .channel import (
+    INLINE_BELOW,
+    Channel,
+    Framed,
+    SectionCrc,
+    ShortRead,
+    frame_ram,
+    recv_ram,
+    send_ram,
+)
 from .faults import Faults
-from .guest import Buffer, ChunkHashes, Guest
+from .guest import Buffer, ChunkHashes, Guest, dirty_runs
 
 log = logging.getLogger(__name__)
 
 _LINK_ERRORS = (OSError, ConnectionError, wire.ProtocolError, EOFError)
+_BIG_BLOB = 1 << 20
+"""A device blob from this size on is checked in a worker thread."""
 
 
 class Host(Protocol):
@@ -147,6 +158,8 @@ class Replication:
         self.cache: Buffer | None = None
         self.cache_hashes: ChunkHashes | None = None
         self.staging: Buffer | None = None
+        self.staged_pages = 0
+        """Pages in the checkpoint applied last."""
 
     # -- COLO_EXIT and failover ------------------------------------------------------------
 
@@ -162,6 +175,7 @@ class Replication:
             return
         self.failover = "require"
         self.host.metrics.failover_requested = time.time()
+        self.host.faults.release_delays()
         asyncio.get_running_loop().call_soon(self._failover_bh)
 
     def _failover_bh(self) -> None:
@@ -225,7 +239,16 @@ class Replication:
             if self.broken.is_set():
                 raise ConnectionResetError("connection shut down")
         elif fault.action == "delay":
-            await asyncio.sleep(fault.delay)
+            # ends early when cleared (action none), on failover and on shutdown
+            waits = [asyncio.ensure_future(fault.released.wait()),
+                     asyncio.ensure_future(self.broken.wait())]
+            try:
+                await asyncio.wait(waits, timeout=fault.delay,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                self.host.faults.done_delaying(fault)
         elif fault.action == "corrupt":
             await self.chan.send([wire.message(0x2A)])
         elif fault.action == "misorder":
@@ -297,22 +320,34 @@ class Replication:
         host.set_runstate("colo")
         host.next_pass()
         seq = guest.checkpoint + 1
-        dirty = wire.runs(sorted(guest.dirty))
-        guest.dirty = set()
+        dirty = guest.take_dirty()
         blob = guest.device_state(seq)
+        ps, view = guest.page_size, guest.ram.view
+
+        def frame() -> tuple[Framed, int]:  # a worker thread: it grows with the dirty log
+            page_runs = dirty_runs(dirty)
+            return frame_ram(view, ps, page_runs, wire.REC_PAGE, True), len(dirty)
+
+        if len(dirty) * ps < INLINE_BELOW:  # a few pages: a thread hop costs more
+            framing: asyncio.Future[tuple[Framed, int]] = asyncio.get_running_loop() \
+                .create_future()
+            framing.set_result(frame())
+        else:
+            framing = asyncio.ensure_future(asyncio.to_thread(frame))
         hashing: asyncio.Future[None] | None = None
-        if host.verify and guest.hashes.stale:
+        if host.verify and guest.hashes.has_stale:
             hashing = asyncio.ensure_future(asyncio.to_thread(guest.hashes.refresh()))
         try:
             await self._fault("vmstate-send")
             await chan.send([wire.message(wire.VMSTATE_SEND)])
-            ram_bytes = await self._send_runs(dirty)
+            framed, npages = await framing
+            crc = await send_ram(chan, framed, lambda: self._fault("ram"))
             await self._fault("vmstate-size")
             await chan.send([wire.vmstate_size(len(blob))])
             half = len(blob) // 2
             await chan.send([blob[:half]])
             await self._fault("blob")
-            await chan.send([blob[half:]])
+            await chan.send([blob[half:], wire.checkpoint_check(framed.size, crc, blob)])
             if hashing is not None:
                 await hashing
             if host.verify:
@@ -322,51 +357,36 @@ class Replication:
             await self._recv_message(wire.VMSTATE_LOADED)
             await self._fault("loaded")
         finally:
-            if hashing is not None and not hashing.done():
-                with contextlib.suppress(Exception):
-                    await hashing
+            for pending in (framing, hashing):
+                if pending is not None and not pending.done():
+                    with contextlib.suppress(Exception):
+                        await pending
         guest.checkpoint = seq
         if host.verify:
             guest.committed_digest = guest.history.get(seq, "")
         host.set_runstate("running")
         t_resume = time.time()
-        host.metrics.record(t_stop, t_resume, ram_bytes, len(blob),
-                            sum(c for _, c in dirty))
-
-    async def _send_runs(self, page_runs: list[tuple[int, int]]) -> int:
-        """The RAM section: one record per run of dirty pages, then EOS.  The ``ram`` fault
-        fires after half of the runs (or after the only one)."""
-        ps, view = self.host.guest.page_size, self.host.guest.ram.view
-        parts: list[bytes | memoryview] = []
-        total = 0
-        mid = max(1, len(page_runs) // 2)
-        for i, (first, count) in enumerate(page_runs):
-            parts.append(wire.record(first, count, wire.REC_PAGE))
-            parts.append(view[first * ps:(first + count) * ps])
-            total += count * ps
-            if i + 1 == mid and "ram" in self.host.faults.armed:
-                await self.chan.send(parts)
-                parts = []
-                await self._fault("ram")
-        if not page_runs:
-            await self._fault("ram")
-        parts.append(wire.eos())
-        await self.chan.send(parts)
-        return total
+        host.metrics.record(t_stop, t_resume, npages * ps, len(blob), npages)
 
     # -- the secondary ---------------------------------------------------------------------
 
     async def prepare_secondary(self) -> None:
         """Allocate the COLO cache (a copy of RAM as loaded) and the staging area."""
         guest = self.host.guest
-        self.cache = Buffer(len(guest.ram.data))
-        await asyncio.to_thread(self.cache.copy_runs_from, guest.ram, [(0, guest.pages)],
-                                guest.page_size)
-        self.cache_hashes = ChunkHashes(self.cache, guest.page_size)
-        self.cache_hashes.pages = list(guest.hashes.pages)
-        self.cache_hashes.chunks = list(guest.hashes.chunks)
-        self.cache_hashes.stale = set(guest.hashes.stale)
-        self.staging = Buffer(len(guest.ram.data))
+        live = guest.hashes
+        stale, stale_runs = set(live.stale), list(live.stale_runs)
+
+        def build() -> tuple[Buffer, ChunkHashes, Buffer]:  # grows with guest RAM: a thread
+            cache = Buffer(len(guest.ram.data))
+            cache.copy_runs_from(guest.ram, [(0, guest.pages)], guest.page_size)
+            hashes = ChunkHashes(cache, guest.page_size)
+            hashes.pages = list(live.pages)
+            hashes.chunks = list(live.chunks)
+            return cache, hashes, Buffer(len(guest.ram.data))
+
+        self.cache, hashes, self.staging = await asyncio.to_thread(build)
+        hashes.stale, hashes.stale_runs = stale, stale_runs
+        self.cache_hashes = hashes
 
     async def secondary_loop(self, job: ColoJob) -> None:
         """Serve checkpoints until the link ends or failover completes."""
@@ -404,13 +424,24 @@ class Replication:
         await chan.send([wire.message(wire.CHECKPOINT_REPLY)])
         await self._recv_message(wire.VMSTATE_SEND)
         await self._fault("vmstate-send")
-        staged = await self._receive_runs()
+        assert self.staging is not None
+        crc = SectionCrc()
+        staged = await recv_ram(chan, self.staging, guest.page_size, guest.pages, guest.pages,
+                                "a checkpoint carries more pages than guest RAM has",
+                                lambda: self._fault("ram"), crc)
         await self._recv_message(wire.VMSTATE_SIZE)
         size = wire.parse_u64(await chan.recv_exact(8))
         if size > wire.MAX_DEVICE_STATE:
             raise wire.ProtocolError(f"device state of {size} bytes is over the limit")
         await self._fault("vmstate-size")
         blob = await self._receive_blob(size)
+        # nothing of a damaged or misordered checkpoint may be applied: check it whole first
+        check = await chan.recv_exact(wire.CHECK_SIZE)
+        ram_crc = await crc.result()
+        if len(blob) >= _BIG_BLOB:
+            await asyncio.to_thread(wire.verify_checkpoint, check, crc.size, ram_crc, blob)
+        else:
+            wire.verify_checkpoint(check, crc.size, ram_crc, blob)
         try:
             state = guest.parse_device_state(blob)
         except ValueError as e:
@@ -427,8 +458,9 @@ class Replication:
             self.loading = False
         host.set_runstate("running")
         t_resume = time.time()
-        host.metrics.record(t_stop, t_resume, sum(c for _, c in staged) * guest.page_size,
-                            len(blob), sum(c for _, c in staged), reverted)
+        npages = self.staged_pages
+        host.metrics.record(t_stop, t_resume, npages * guest.page_size, len(blob), npages,
+                            reverted)
         settle = asyncio.ensure_future(self._commit_cache(staged, blob))
         guest.settling = settle
         try:
@@ -455,34 +487,6 @@ class Replication:
             guest.record_digest(guest.checkpoint, hashes.root(blob))
             guest.committed_digest = guest.history[guest.checkpoint]
 
-    async def _receive_runs(self) -> list[tuple[int, int]]:
-        guest, chan, staging = self.host.guest, self.chan, self.staging
-        assert staging is not None
-        ps = guest.page_size
-        staged: list[tuple[int, int]] = []
-        total = 0
-        while True:
-            first, flags = wire.parse_record_head(await chan.recv_exact(8))
-            if flags == wire.REC_EOS:
-                break
-            count = wire.parse_u64(b"\0\0\0\0" + await chan.recv_exact(4))
-            wire.check_run(first, count, flags, guest.pages)
-            total += count
-            if total > guest.pages:
-                raise wire.ProtocolError("a checkpoint carries more pages than guest RAM has")
-            if len(staged) % 256 == 255:
-                await asyncio.sleep(0)  # a flood of small records must not starve the loop
-            if flags == wire.REC_PAGE:
-                await chan.recv_into(staging.view[first * ps:(first + count) * ps])
-            else:
-                staging.zero_run(first, count, ps)
-            staged.append((first, count))
-            if len(staged) == 1:
-                await self._fault("ram")
-        if not staged:
-            await self._fault("ram")
-        return staged
-
     async def _receive_blob(self, size: int) -> bytes:
         half = size // 2
         buf = bytearray(size)
@@ -504,25 +508,26 @@ class Replication:
         pages; then the device state.  Returns how many pages were reverted."""
         guest, cache, staging = self.host.guest, self.cache, self.staging
         assert cache is not None and staging is not None and self.cache_hashes is not None
-        staged_pages: set[int] = set()
-        for first, count in staged:
-            staged_pages.update(range(first, first + count))
-        own = guest.dirty - staged_pages
-        guest.dirty = set()
-        revert = wire.runs(sorted(own))
+        dirty = guest.take_dirty()
         ps = guest.page_size
 
-        def to_live() -> None:
+        def to_live() -> tuple[list[tuple[int, int]], int, int]:  # a worker thread
+            staged_pages: set[int] = set()
+            for first, count in staged:
+                staged_pages.update(range(first, first + count))
+            own = dirty - staged_pages
+            revert = dirty_runs(own)
             guest.ram.copy_runs_from(staging, staged, ps)
             guest.ram.copy_runs_from(cache, revert, ps)  # not staged: the cache has them
+            return revert, len(own), len(staged_pages)
 
         # only live RAM is needed before the guest resumes; staged -> cache follows the
         # vmstate-loaded message (see _commit_cache), outside the primary's downtime
-        await asyncio.to_thread(to_live)
+        revert, reverted, self.staged_pages = await asyncio.to_thread(to_live)
         guest.hashes.mark_runs(staged)
         guest.hashes.mark_runs(revert)
         guest.checkpoint = guest.load_device_state(state)
-        return len(own)
+        return reverted
 
 
 def _describe(e: BaseException) -> str:

@@ -4,11 +4,14 @@ No I/O here: encoders return bytes and decoders take bytes, so the framing can b
 Control messages are QEMU's (a be32 COLOMessage index; ``vmstate-size`` is followed by a be64
 byte count and then exactly that many device-state bytes).  The RAM stream borrows QEMU's
 record header (be64 ``page_address | flags``) but carries runs of pages (a be32 count follows
-the header) so that a contiguous dirty range travels as one record.
+the header) so that a contiguous dirty range travels as one record.  In a checkpoint the device
+blob is followed by a check (:func:`checkpoint_check`): the RAM section's length and CRC-32 and
+the blob's SHA-256, so that the secondary applies nothing of a damaged checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Final
 
@@ -39,10 +42,12 @@ _HEADER = struct.Struct(">4sIIQI")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _REC = struct.Struct(">QI")
+_CHECK = struct.Struct(">QI32s")
 
 HEADER_SIZE: Final = _HEADER.size
 RECORD_SIZE: Final = _REC.size
 EOS_SIZE: Final = _U64.size
+CHECK_SIZE: Final = _CHECK.size
 MAX_DEVICE_STATE: Final = 64 << 20
 """Largest device blob a receiver accepts (a corrupt size must not allocate unbounded memory)."""
 
@@ -135,3 +140,22 @@ def runs(pages: list[int]) -> list[tuple[int, int]]:
     if start >= 0:
         out.append((start, prev - start + 1))
     return out
+
+
+def checkpoint_check(ram_bytes: int, ram_crc: int, blob: bytes) -> bytes:
+    """What follows a checkpoint's device blob: the length and CRC-32 of its RAM section (every
+    byte from the first record through EOS) and the SHA-256 of the blob, so the secondary can
+    refuse a damaged or misordered checkpoint before anything of it is applied."""
+    return _CHECK.pack(ram_bytes, ram_crc, hashlib.sha256(blob).digest())
+
+
+def verify_checkpoint(data: bytes, ram_bytes: int, ram_crc: int, blob: bytes) -> None:
+    """Compare what arrived with what the primary says it sent; ProtocolError if not equal."""
+    want_bytes, want_crc, want_sha = _CHECK.unpack(data)
+    if want_bytes != ram_bytes:
+        raise ProtocolError(f"COLO: checkpoint RAM is {ram_bytes} bytes, the primary sent "
+                            f"{want_bytes}")
+    if want_crc != ram_crc:
+        raise ProtocolError("COLO: checkpoint RAM does not match the primary's checksum")
+    if want_sha != hashlib.sha256(blob).digest():
+        raise ProtocolError("COLO: device state does not match the primary's digest")
