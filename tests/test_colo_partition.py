@@ -1,5 +1,5 @@
 """A network partition between a primary and a secondary in two network namespaces: with
-heartbeats and a witness, exactly one side becomes the standalone primary (colo.md §5, 41)."""
+heartbeats and a witness, exactly one side becomes the standalone primary."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The COLO stream byte for byte, against a fake peer written here (colo.md §5 items 14-16,
-24-26): a real primary talking to a scripted secondary, and a scripted primary talking to a
-real secondary."""
+"""The COLO stream byte for byte, against a fake peer written here: a real primary talking to
+a scripted secondary, and a scripted primary talking to a real secondary."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Hostile input against a real qmpjobd: garbage, parser limits, fuzzing, memory.
 
-Expected error sequences were recorded from QEMU 7.2.22 (the reference binary of
-/work/shared/spec/qmp-protocol.md) with the same payloads; where a list is given below,
-qmpjobd must produce exactly that list of messages (compared as parsed JSON, §13).
+Expected error sequences were recorded from QEMU 7.2.22 with the same payloads; where a list is
+given below, qmpjobd must produce exactly that list of messages (compared as parsed JSON).
 """
 
 from __future__ import annotations
@@ -143,7 +142,7 @@ PEAK_64MIB_RSS_LIMIT_KB = 256 * 1024
 SETTLED_RSS_LIMIT_KB = 120 * 1024
 
 # ---------------------------------------------------------------------------------------------
-# the 13 qmpbench garbage cases (shared/bench/qmpbench.py garbage_cases)
+# the 13 garbage cases of the QMP benchmark's hostile-input set
 
 RANDOM_64K = hashlib.shake_256(b"qmpjobd-test-hostile-random-64k").digest(65536) + b"\n"
 # QEMU 7.2.22 on RANDOM_64K: 10,937 id-less GenericErrors; sha256 of json.dumps(descs).

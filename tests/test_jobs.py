@@ -1,6 +1,7 @@
 """The job core: QEMU 7.2's transition and verb matrices cell by cell, and the lifecycles.
 
-The expected matrices are typed in again here from jobs.md §2-§3, so a slip in
+The expected matrices are typed in again here from QEMU 7.2's job.c (JobSTT,
+JobVerbTable), so a slip in
 qmpjobd/jobs/tables.py cannot agree with itself.
 """
 

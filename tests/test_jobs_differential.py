@@ -20,7 +20,7 @@ server's key order (so key order counts) after this normalisation:
 
 qmpjobd's one documented difference (README "Where qmpjobd differs"): commands that only
 *signal* a running job (``SIGNAL_COMMANDS``) always reply before the job reacts, while QEMU
-sends the reaction events before or after its reply depending on timing (jobs.md §4.4).  For
+sends the reaction events before or after its reply depending on timing.  For
 these steps the events (replies removed) and the replies are compared separately, each in
 order.  Everything else has to match exactly, including where a reply sits between events.
 
@@ -28,7 +28,7 @@ A test fails with every differing step, printed as ``QEMU:`` / ``qmpjobd:`` sequ
 ``JOBS_DIFF_SHOW=1 pytest -s`` also prints both full transcripts.  Non-wire facts (does the
 target equal the source afterwards?) are recorded as steps of their own and compared too.
 
-Scenarios (jobs.md §15): 1 backup with default flags (+ drive-backup); 2 manual finalize and
+Scenarios: 1 backup with default flags (+ drive-backup); 2 manual finalize and
 dismiss, refused verbs, bad and duplicate ids (+ a backup to a target already in use); 3 mirror
 READY/complete, soft vs forced cancel in READY (+ cancel before READY); 4 a rate-limited backup
 paused, resumed and sped up (+ a query right after the start); 5 blkdebug read errors with
@@ -62,7 +62,7 @@ SIGNAL_COMMANDS = frozenset({
     # then reply (machine under load)
     "block-job-pause",
 })
-"""Commands whose reply may come before or after the job's reaction (jobs.md §4.4)."""
+"""Commands whose reply may come before or after the job's reaction."""
 
 VOLATILE_KEYS = frozenset({"offset", "current-progress", "busy"})
 """Byte counts (and ``busy``: copying vs sleeping in the rate limiter) that depend on timing

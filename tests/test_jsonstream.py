@@ -1,4 +1,5 @@
-"""The JSON stream reader against literal bytes (qmp-protocol.md §6, §12, checklist 19-25).
+"""The JSON stream reader against literal bytes, as QEMU 7.2's json-lexer.c,
+json-streamer.c and json-parser.c read them.
 
 Every case runs through both paths (orjson fast path on, and exact path only): they must agree.
 """

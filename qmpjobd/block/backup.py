@@ -30,7 +30,7 @@ class BlockIOError(QmpjobdError):
 
 
 def error_action(policy: str, err: int) -> str:
-    """BlockdevOnError policy + errno -> BlockErrorAction (jobs.md §11)."""
+    """BlockdevOnError policy + errno -> BlockErrorAction (QEMU's block_job_error_action())."""
     if policy in ("enospc", "auto"):
         return "stop" if err == errnos.ENOSPC else "report"
     return policy

@@ -1,7 +1,8 @@
 """Migration as a QMP client sees it (capabilities, parameters, status, events) and the
 start-up of COLO: the initial full sync, then one :class:`Replication` run per side.
 
-Mode, failover state and COLO_EXIT follow QEMU 7.2 (colo.md §1-§2); everything beyond QEMU
+Mode, failover state and COLO_EXIT follow QEMU 7.2's migration/colo.c and
+colo-failover.c; everything beyond QEMU
 (metrics, fault injection, guest digests) is reached only through x-prefixed commands.
 """
 

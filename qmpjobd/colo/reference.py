@@ -1,4 +1,5 @@
-"""QEMU 7.2's migration constants, as a running QEMU 7.2.22 reports them (colo.md §1).
+"""QEMU 7.2's migration constants, as a running QEMU 7.2.22 reports them
+(migration/migration.c).
 
 The parameter order is the order query-migrate-parameters shows (QEMU's QDict order).
 """

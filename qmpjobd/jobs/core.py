@@ -1,6 +1,6 @@
 """Jobs with QEMU 7.2's semantics: the Job base class, transactions and the registry.
 
-The model follows job.c (jobs.md §6-§9, §12b): a pause counter plus a user-paused flag, soft
+The model follows QEMU 7.2's job.c and blockjob.c: a pause counter plus a user-paused flag, soft
 and forced cancel, deferred completion, transactions processed newest member first,
 auto-finalize and auto-dismiss.  Every status change goes through
 :meth:`JobRegistry.transition`, which checks the transition table and emits

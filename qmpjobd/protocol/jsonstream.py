@@ -3,7 +3,7 @@
 Bytes go in with :meth:`JSONStream.feed`; :meth:`JSONStream.next` hands back, one at a time,
 either a parsed JSON value or a :class:`ParseError` with QEMU's exact text.  Message boundaries,
 error recovery and limits follow ``qobject/json-lexer.c``, ``json-streamer.c`` and
-``json-parser.c`` (see ../shared/spec/qmp-protocol.md §6).
+``json-parser.c`` of QEMU 7.2.
 
 Two paths give the same results: a fast path that hands a whole object to orjson when the
 reader is in its clean state and the object is plain (ASCII, no escapes, no duplicate keys),
