@@ -211,3 +211,15 @@ def test_a_long_message_is_read_in_slices() -> None:
         assert not s.finished
     assert slices > 1
     assert out == [{"return": {}, "id": 1}]
+
+
+def test_a_yielded_turn_counts_as_blocked_for_reading() -> None:
+    """A caller that stops early to serve other clients must not keep reading meanwhile: the
+    input would pile up faster than it is run."""
+    s, r = negotiated()
+    s.receive_data(b'{"execute":"q"}' * (READ_PAUSE // 10))
+    assert s.next_request() is not None
+    s.yield_turn()
+    assert not s.want_reading()
+    r.pump()
+    assert s.want_reading()

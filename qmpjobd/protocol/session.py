@@ -59,7 +59,7 @@ class Session:
 
     __slots__ = ("_drained", "_inband", "_out", "_out_size", "busy", "enabled", "eof",
                  "name", "negotiated", "offered", "oob", "read_paused", "reading", "running",
-                 "stalled", "stream", "write_blocked", "write_high")
+                 "stalled", "stream", "write_blocked", "write_high", "yielded")
 
     def __init__(self, offered: tuple[str, ...] = CAPABILITIES, name: str = "", *,
                  max_message: int = MAX_TOKEN_SIZE, write_high: int = WRITE_HIGH) -> None:
@@ -84,6 +84,8 @@ class Session:
         self.reading = False
         """next_request() stopped in the middle of a long message: the reader has done a slice
         of its work and wants to be called again soon, so that other clients are served."""
+        self.yielded = False
+        """The caller stopped taking requests to let other clients run (yield_turn())."""
         self.read_paused = False
         self.eof = False
         self._drained = False
@@ -120,7 +122,7 @@ class Session:
     def next_request(self) -> Request | None:
         """The next message to run now, or None when none may: no complete message, the
         in-band slot busy (an OOB message still overtakes it), or output to write first."""
-        self.reading = False
+        self.reading = self.yielded = False
         if self.write_blocked:
             return None
         if self._out_size > self.write_high:
@@ -207,12 +209,18 @@ class Session:
         self.stalled = False
         return data
 
+    def yield_turn(self) -> None:
+        """The caller stops taking requests for now, with some possibly left, so that other
+        clients are served; until it asks again, this counts as blocked for reading."""
+        self.yielded = True
+
     # -- flow ----------------------------------------------------------------------------------
 
     def want_reading(self) -> bool:
         """Whether the transport should read: not while requests are blocked and a lot of
         input already waits (that would only grow the buffer)."""
-        blocked = self.busy or self.write_blocked or self.stalled or self.reading
+        blocked = (self.busy or self.write_blocked or self.stalled or self.reading
+                   or self.yielded)
         if blocked and not self.read_paused and self.stream.buffered() > READ_PAUSE:
             self.read_paused = True
         elif self.read_paused and not blocked:

@@ -198,7 +198,6 @@ class Connection(asyncio.Protocol):
         self._pumping = True
         session = self.session
         deadline = time.perf_counter() + PUMP_SLICE
-        more = False
         try:
             while not self.closed:
                 req = session.next_request()
@@ -206,13 +205,13 @@ class Connection(asyncio.Protocol):
                     break
                 self._execute(req)
                 if time.perf_counter() > deadline:
-                    more = True  # other clients get their turn before the rest of ours
+                    session.yield_turn()  # other clients get their turn before the rest
                     break
         finally:
             self._pumping = False
         if self.closed or self.transport is None:
             return
-        stalled = session.stalled or session.reading or more
+        stalled = session.stalled or session.reading or session.yielded
         if session.busy or stalled or session.write_blocked or session.read_paused:
             self._flow()
         self._flush()
