@@ -218,7 +218,9 @@ def test_a_yielded_turn_counts_as_blocked_for_reading() -> None:
     input would pile up faster than it is run."""
     s, r = negotiated()
     s.receive_data(b'{"execute":"q"}' * (READ_PAUSE // 10))
-    assert s.next_request() is not None
+    req = s.next_request()
+    assert req is not None
+    s.reply(req, b"{}\r\n")
     s.yield_turn()
     assert not s.want_reading()
     r.pump()
