@@ -11,16 +11,18 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Final
 
-PHASES: Final = ("request", "reply", "vmstate-send", "ram", "vmstate-size", "blob",
-                 "received", "apply", "loaded")
+from ..schema.enums import COLOMode, XColoFaultAction, XColoFaultPhase
+
+PHASES: Final = tuple(XColoFaultPhase)
 """Checkpoint phases, in protocol order (``ram`` and ``blob`` are mid-transfer)."""
 
-SIDE_PHASES: Final = {"primary": frozenset(PHASES) - {"apply"}, "secondary": frozenset(PHASES)}
+SIDE_PHASES: Final[dict[str, frozenset[str]]] = {
+    COLOMode.PRIMARY: frozenset(PHASES) - {XColoFaultPhase.APPLY},
+    COLOMode.SECONDARY: frozenset(PHASES)}
 """The phases each side passes through (only the secondary applies a checkpoint)."""
 
-ACTIONS: Final = ("cut", "hold", "delay", "corrupt", "misorder", "none")
-"""cut: shut the link down; hold: stop until cleared; delay: sleep; corrupt: send an invalid
-message index; misorder: send a valid but unexpected message; none: clear the phase."""
+ACTIONS: Final = tuple(XColoFaultAction)
+"""What a fault does (see XColoFaultAction)."""
 
 
 @dataclass(eq=False)

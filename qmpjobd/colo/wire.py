@@ -16,17 +16,17 @@ import struct
 from typing import Final
 
 from ..errors import QmpjobdError
+from ..schema.enums import COLOMessage
 
-CHECKPOINT_READY: Final = 0
-CHECKPOINT_REQUEST: Final = 1
-CHECKPOINT_REPLY: Final = 2
-VMSTATE_SEND: Final = 3
-VMSTATE_SIZE: Final = 4
-VMSTATE_RECEIVED: Final = 5
-VMSTATE_LOADED: Final = 6
-MESSAGES: Final = ("checkpoint-ready", "checkpoint-request", "checkpoint-reply", "vmstate-send",
-                   "vmstate-size", "vmstate-received", "vmstate-loaded")
+MESSAGES: Final = tuple(COLOMessage)
 """COLOMessage, in index order (the index is what goes on the wire)."""
+CHECKPOINT_READY: Final = MESSAGES.index(COLOMessage.CHECKPOINT_READY)  # 0
+CHECKPOINT_REQUEST: Final = MESSAGES.index(COLOMessage.CHECKPOINT_REQUEST)  # 1
+CHECKPOINT_REPLY: Final = MESSAGES.index(COLOMessage.CHECKPOINT_REPLY)  # 2
+VMSTATE_SEND: Final = MESSAGES.index(COLOMessage.VMSTATE_SEND)  # 3
+VMSTATE_SIZE: Final = MESSAGES.index(COLOMessage.VMSTATE_SIZE)  # 4
+VMSTATE_RECEIVED: Final = MESSAGES.index(COLOMessage.VMSTATE_RECEIVED)  # 5
+VMSTATE_LOADED: Final = MESSAGES.index(COLOMessage.VMSTATE_LOADED)  # 6
 
 MAGIC: Final = b"QJCO"
 VERSION: Final = 1

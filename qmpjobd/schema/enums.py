@@ -51,3 +51,88 @@ class JobType(StrEnum):
     SNAPSHOT_LOAD = "snapshot-load"
     SNAPSHOT_SAVE = "snapshot-save"
     SNAPSHOT_DELETE = "snapshot-delete"
+
+
+class MigrationStatus(StrEnum):
+    """QAPI MigrationStatus of QEMU 7.2."""
+
+    NONE = "none"
+    SETUP = "setup"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    ACTIVE = "active"
+    POSTCOPY_ACTIVE = "postcopy-active"
+    POSTCOPY_PAUSED = "postcopy-paused"
+    POSTCOPY_RECOVER = "postcopy-recover"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COLO = "colo"
+    PRE_SWITCHOVER = "pre-switchover"
+    DEVICE = "device"
+    WAIT_UNPLUG = "wait-unplug"
+
+
+class COLOMessage(StrEnum):
+    """QAPI COLOMessage; a member's position is its index on the wire (colo/wire.py)."""
+
+    CHECKPOINT_READY = "checkpoint-ready"
+    CHECKPOINT_REQUEST = "checkpoint-request"
+    CHECKPOINT_REPLY = "checkpoint-reply"
+    VMSTATE_SEND = "vmstate-send"
+    VMSTATE_SIZE = "vmstate-size"
+    VMSTATE_RECEIVED = "vmstate-received"
+    VMSTATE_LOADED = "vmstate-loaded"
+
+
+class COLOMode(StrEnum):
+    """QAPI COLOMode."""
+
+    NONE = "none"
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+class FailoverStatus(StrEnum):
+    """QAPI FailoverStatus (QEMU's colo-failover.c)."""
+
+    NONE = "none"
+    REQUIRE = "require"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    RELAUNCH = "relaunch"
+
+
+class COLOExitReason(StrEnum):
+    """QAPI COLOExitReason."""
+
+    NONE = "none"
+    REQUEST = "request"
+    ERROR = "error"
+    PROCESSING = "processing"
+
+
+class XColoFaultPhase(StrEnum):
+    """Checkpoint phases where a fault can be injected, in protocol order (``ram`` and
+    ``blob`` are mid-transfer)."""
+
+    REQUEST = "request"
+    REPLY = "reply"
+    VMSTATE_SEND = "vmstate-send"
+    RAM = "ram"
+    VMSTATE_SIZE = "vmstate-size"
+    BLOB = "blob"
+    RECEIVED = "received"
+    APPLY = "apply"
+    LOADED = "loaded"
+
+
+class XColoFaultAction(StrEnum):
+    """cut: shut the link down; hold: stop until cleared; delay: sleep; corrupt: send an
+    invalid message index; misorder: send a valid but unexpected message; none: clear."""
+
+    CUT = "cut"
+    HOLD = "hold"
+    DELAY = "delay"
+    CORRUPT = "corrupt"
+    MISORDER = "misorder"
+    NONE = "none"

@@ -3,6 +3,15 @@ COLO-FT recipe uses, and qmpjobd's x-prefixed COLO extensions."""
 
 from __future__ import annotations
 
+from .enums import (
+    COLOExitReason,
+    COLOMessage,
+    COLOMode,
+    FailoverStatus,
+    MigrationStatus,
+    XColoFaultAction,
+    XColoFaultPhase,
+)
 from .model import Schema, TypeRef
 
 MIGRATION_CAPABILITIES = ["xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress",
@@ -29,10 +38,7 @@ def _parameters(tls: str) -> dict[str, TypeRef]:
 
 def declare(s: Schema) -> None:
     """Add migration, COLO, the COLO-FT helper commands and the x- extensions."""
-    s.enum("MigrationStatus", ["none", "setup", "cancelling", "cancelled", "active",
-                               "postcopy-active", "postcopy-paused", "postcopy-recover",
-                               "completed", "failed", "colo", "pre-switchover", "device",
-                               "wait-unplug"])
+    s.enum("MigrationStatus", MigrationStatus)
     s.enum("MigrationCapability", MIGRATION_CAPABILITIES)
     s.struct("MigrationCapabilityStatus", {"capability": "MigrationCapability",
                                            "state": "bool"})
@@ -74,12 +80,10 @@ def declare(s: Schema) -> None:
     s.event("MIGRATION_PASS", {"pass": "int"})
 
     # COLO (7.2: no 'if': CONFIG_REPLICATION gating)
-    s.enum("COLOMessage", ["checkpoint-ready", "checkpoint-request", "checkpoint-reply",
-                           "vmstate-send", "vmstate-size", "vmstate-received",
-                           "vmstate-loaded"])
-    s.enum("COLOMode", ["none", "primary", "secondary"])
-    s.enum("FailoverStatus", ["none", "require", "active", "completed", "relaunch"])
-    s.enum("COLOExitReason", ["none", "request", "error", "processing"])
+    s.enum("COLOMessage", COLOMessage)
+    s.enum("COLOMode", COLOMode)
+    s.enum("FailoverStatus", FailoverStatus)
+    s.enum("COLOExitReason", COLOExitReason)
     s.event("COLO_EXIT", {"mode": "COLOMode", "reason": "COLOExitReason"})
     s.command("x-colo-lost-heartbeat")
     s.struct("COLOStatus", {"mode": "COLOMode", "last-mode": "COLOMode",
@@ -121,9 +125,8 @@ def declare(s: Schema) -> None:
     s.command("chardev-remove", {"id": "str"})
 
     # qmpjobd extensions (x-prefixed: QEMU clients never meet them)
-    s.enum("XColoFaultPhase", ["request", "reply", "vmstate-send", "ram", "vmstate-size",
-                               "blob", "received", "apply", "loaded"])
-    s.enum("XColoFaultAction", ["cut", "hold", "delay", "corrupt", "misorder", "none"])
+    s.enum("XColoFaultPhase", XColoFaultPhase)
+    s.enum("XColoFaultAction", XColoFaultAction)
     s.command("x-daemon-colo-inject", {"phase": "XColoFaultPhase",
                                        "action": "XColoFaultAction", "*delay-ms": "uint32",
                                        "*wait": "bool"})
