@@ -35,6 +35,9 @@ class Runner:
             if type(msg) is ParseError:
                 self.s.parse_error(req)
                 continue
+            if not isinstance(msg, dict):  # the dispatcher's answer to a non-object
+                self.s.reply(req, encode.error("QMP input must be a JSON object"))
+                continue
             name = msg.get("execute") or msg.get("exec-oob")
             self.ran.append(name)
             if name == "qmp_capabilities":
@@ -227,3 +230,11 @@ def test_a_yielded_turn_counts_as_blocked_for_reading() -> None:
     while s.reading:  # the reader's own slices
         r.pump()
     assert s.want_reading()
+
+
+def test_a_json_null_is_a_message_not_the_end_of_input() -> None:
+    s, r = negotiated()
+    s.receive_data(b'null {"execute":"q","id":2}')
+    out = r.pump()
+    assert out[0]["error"]["desc"] == "QMP input must be a JSON object"
+    assert out[1] == {"return": {}, "id": 2}

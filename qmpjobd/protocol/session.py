@@ -128,36 +128,36 @@ class Session:
         if self._out_size > self.write_high:
             self.stalled = True
             return None
-        stream = self.stream
         while self.busy:
             if not self.oob or len(self._inband) >= OOB_QUEUE_MAX:
                 return None
-            item = stream.next()
+            item = self._read()
             if item is NEED_DATA:
-                self._drained = True
-                return None
-            if item is PENDING:
-                self.reading = True
                 return None
             if _is_oob(item):
                 self.running += 1
                 return Request(item, True)
             self._inband.append(item)
-        if self._inband:
-            item = self._inband.popleft()
-        else:
-            item = stream.next()
-            if item is NEED_DATA:
-                self._drained = True
-                return None
-            if item is PENDING:
-                self.reading = True
-                return None
+        item = self._inband.popleft() if self._inband else self._read()
+        if item is NEED_DATA:
+            return None
         oob = self.oob and _is_oob(item)
         if not oob:
             self.busy = True
         self.running += 1
         return Request(item, oob)
+
+    def _read(self) -> Any:
+        """The next message from the reader (a JSON ``null`` is a message too), or NEED_DATA:
+        all input is used up (``_drained``), or the reader has done a slice of a long message
+        and wants another call (``reading``)."""
+        item = self.stream.next()
+        if item is NEED_DATA:
+            self._drained = True
+        elif item is PENDING:
+            self.reading = True
+            return NEED_DATA
+        return item
 
     def reply(self, req: Request, data: bytes) -> None:
         """The reply to a request handed out by next_request(), queued after its events."""
