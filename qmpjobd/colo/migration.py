@@ -22,7 +22,7 @@ from ..machine import Machine
 from ..protocol.errors import QMPError
 from ..schema import EventSink
 from ..tls import TlsFiles
-from . import wire
+from . import tables, wire
 from .channel import Channel, TlsChannel, frame_ram, listen, parse_uri, recv_ram
 from .faults import Faults
 from .guest import Guest, dirty_runs
@@ -130,7 +130,7 @@ class Migration:
             await bind
         except QMPError as e:
             log.error("--incoming %s: %s", self.incoming, e.desc)
-            self.in_status = "failed"
+            self._set_in("failed", event=False)
             self.error_desc = e.desc
 
     def close(self) -> None:
@@ -182,14 +182,18 @@ class Migration:
             return "secondary"
         return "primary"
 
-    def _set_out(self, status: str) -> None:
+    def _set_out(self, status: str, event: bool = True) -> None:
+        """The outgoing status, checked against QEMU's table, with its MIGRATION event."""
+        tables.check(tables.OUTGOING, "outgoing migration", self.out_status, status)
         self.out_status = status
-        if self.caps["events"]:
+        if event and self.caps["events"]:
             self.events.emit("MIGRATION", {"status": status})
 
-    def _set_in(self, status: str) -> None:
+    def _set_in(self, status: str, event: bool = True) -> None:
+        """The incoming status, checked against QEMU's table, with its MIGRATION event."""
+        tables.check(tables.INCOMING, "incoming migration", self.in_status, status)
         self.in_status = status
-        if self.caps["events"]:
+        if event and self.caps["events"]:
             self.events.emit("MIGRATION", {"status": status})
 
     def query_colo_status(self) -> dict[str, str]:
@@ -301,7 +305,7 @@ class Migration:
             raise QMPError("Can't migrate the vm that was paused due to previous migration")
         addr = parse_uri(uri)
         if addr is None:
-            self.out_status = "failed"  # 7.2 leaves this behind, without an event
+            self._set_out("failed", event=False)  # 7.2 leaves this behind, without an event
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
         old = self.jobs.find(COLO_JOB_ID)
         if isinstance(old, ColoJob) and old.status == "concluded":

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..jobs import Job, JobError
 from ..schema import EventSink
-from . import wire
+from . import tables, wire
 from .channel import (
     INLINE_BELOW,
     Channel,
@@ -169,11 +169,16 @@ class Replication:
             self.exited = True
             self.host.events.emit("COLO_EXIT", {"mode": self.role, "reason": reason})
 
+    def set_failover(self, status: str) -> None:
+        """The failover state, checked against QEMU's table (colo/tables.py)."""
+        tables.check(tables.FAILOVER, "COLO failover", self.failover, status)
+        self.failover = status
+
     def request_failover(self) -> None:
         """``none -> require``; the failover itself runs after the current reply (a BH)."""
         if self.closing:
             return
-        self.failover = "require"
+        self.set_failover("require")
         self.host.metrics.failover_requested = time.time()
         self.host.faults.release_delays()
         asyncio.get_running_loop().call_soon(self._failover_bh)
@@ -181,15 +186,15 @@ class Replication:
     def _failover_bh(self) -> None:
         if self.failover != "require":
             return
-        self.failover = "active"
+        self.set_failover("active")
         if self.host.running:
             self.host.set_runstate("colo")
         if self.role == "secondary" and self.loading:
-            self.failover = "relaunch"
+            self.set_failover("relaunch")
             return
         self.host.complete_migration(self.role)
         self.shutdown()
-        self.failover = "completed"
+        self.set_failover("completed")
         self.colo_exit("request")
         self.host.set_runstate("running")
         m = self.host.metrics
@@ -465,7 +470,7 @@ class Replication:
         guest.settling = settle
         try:
             if self.failover == "relaunch":
-                self.failover = "none"
+                self.set_failover("none")
                 self.request_failover()
             else:
                 await self._fault("loaded")
