@@ -22,19 +22,44 @@ QEMU = shutil.which("qemu-system-x86_64")
 NO_QEMU_REASON = "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
 
 
-def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Block until something accepts connections on ``path`` (or the process dies)."""
+def _listening(path: str) -> bool | None:
+    """Whether a socket bound to ``path`` listens, from /proc/net/unix (None: unreadable)."""
+    try:
+        with open("/proc/net/unix") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+            return True
+    return False
+
+
+def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0,
+                    single_client: bool = False) -> None:
+    """Block until something accepts connections on ``path`` (or the process dies).
+
+    A single-client server (QEMU's monitor) is not probed with a connection: that would take
+    its one client slot, and it refuses the next connection until it has noticed the probe
+    leave (seen for over 3 s on a loaded machine).  Its listening socket is looked up in
+    /proc/net/unix instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(path)
+        if single_client and (up := _listening(path)) is not None:
+            if up:
                 return
-        except OSError:
-            # nothing to wait on but the file system: poll the socket path
-            time.sleep(0.01)
+        else:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(path)
+                    return
+            except OSError:
+                pass
+        # nothing to wait on but the file system: poll the socket path
+        time.sleep(0.01)
     raise TimeoutError(f"nothing listening on {path} after {timeout}s")
 
 
@@ -45,11 +70,11 @@ STARTED: list[Daemon] = []
 class Daemon:
     """A qmpjobd (or QEMU) process started for one test."""
 
-    def __init__(self, argv: list[str], path: str) -> None:
+    def __init__(self, argv: list[str], path: str, single_client: bool = False) -> None:
         self.path = path
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         STARTED.append(self)
-        wait_for_socket(path, self.proc)
+        wait_for_socket(path, self.proc, single_client=single_client)
 
     @property
     def pid(self) -> int:
@@ -89,7 +114,7 @@ def start_qemu(tmp: str) -> Daemon:
     path = os.path.join(tmp, "qemu.sock")
     argv = [QEMU, "-M", "none", "-nodefaults", "-display", "none",
             "-qmp", f"unix:{path},server=on,wait=off"]
-    return Daemon(argv, path)
+    return Daemon(argv, path, single_client=True)
 
 
 def connect_unix(path: str, timeout: float = 10.0) -> socket.socket:

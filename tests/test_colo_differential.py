@@ -143,7 +143,7 @@ def test_case_live_against_qemu(tmp_path: Any, case: dict[str, Any]) -> None:
     assert QEMU is not None
     path = os.path.join(str(tmp_path), "qemu.sock")
     qemu = Daemon([QEMU, "-M", "none", "-nodefaults", "-display", "none", *case["argv_extra"],
-                   "-qmp", f"unix:{path},server=on,wait=off"], path)
+                   "-qmp", f"unix:{path},server=on,wait=off"], path, single_client=True)
     theirs = play(EvClient(qemu.path), case)
     d = start_qmpjobd(str(tmp_path), *_daemon_argv(case))
     ours = play(EvClient(d.path), case)

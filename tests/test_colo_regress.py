@@ -221,7 +221,8 @@ def test_migrate_incoming_then_query_migrate_live_as_qemu(tmp_path: Any, kind: s
         sock = f"{tmp_path}/{server}.sock"
         if server == "qemu":
             d = Daemon([QEMU, "-M", "none", "-nodefaults", "-display", "none", "-incoming",
-                        "defer", "-qmp", f"unix:{sock},server=on,wait=off"], sock)
+                        "defer", "-qmp", f"unix:{sock},server=on,wait=off"], sock,
+                       single_client=True)
         else:
             d = start_qmpjobd(str(tmp_path), "--incoming", "defer", name=f"{server}.sock")
         c = EvClient(d.path)
