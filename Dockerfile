@@ -33,7 +33,7 @@ RUN groupadd --system --gid 10001 qmpjobd \
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG EXTRA_CA_CERT=
 
-# orjson and uvloop come from pyproject.toml's dependencies (binary wheels on PyPI).
+# orjson, uvloop and crc32c come from pyproject.toml's dependencies (binary wheels on PyPI).
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY qmpjobd ./qmpjobd
@@ -44,7 +44,7 @@ RUN if [ -n "$EXTRA_CA_CERT" ]; then \
     fi \
  && pip install --no-cache-dir . \
  && rm -rf /src/build /src/*.egg-info /tmp/build-ca.pem \
- && python3 -c "import orjson, uvloop, qmpjobd.health"
+ && python3 -c "import orjson, uvloop, crc32c, qmpjobd.health"
 WORKDIR /
 
 # Created (and owned by qmpjobd) above, so a fresh named volume starts out writable for it.

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import socket
 import struct
-import zlib
 
+import crc32c
 import pytest
 from colotest import EvClient
 from qmptest import start_qmpjobd
 
 from qmpjobd.colo import wire
+from qmpjobd.colo.channel import SectionCrc
 from qmpjobd.colo.guest import Guest
 
 PAGES = 256  # --guest-ram 1M
+
+
+async def test_the_ram_checksum_is_crc32c() -> None:
+    """A section's checksum is CRC-32C (Castagnoli): its check value, fed in two pieces."""
+    crc = SectionCrc()
+    crc.add(b"1234")
+    crc.add(memoryview(b"56789"))
+    assert await crc.result() == 0xE3069283
 
 
 def exact(conn: socket.socket, n: int) -> bytes:
@@ -81,9 +90,9 @@ def test_primary_bytes_against_a_scripted_secondary(tmp_path: object) -> None:
         assert all(f == wire.REC_PAGE for _, _, f in read_ram(conn, raw))
         blob = read_blob(conn)
         assert len(blob) == 4096
-        section = b"".join(raw)  # then the section's length and CRC-32 and the blob's SHA-256
+        section = b"".join(raw)  # then the section's length and CRC-32C and the blob's SHA-256
         assert exact(conn, wire.CHECK_SIZE) == \
-            wire.checkpoint_check(len(section), zlib.crc32(section), blob)
+            wire.checkpoint_check(len(section), crc32c.crc32c(section), blob)
         assert p.ok("query-status")["status"] == "colo"
         since = len(p.events)
         conn.sendall(wire.message(wire.VMSTATE_RECEIVED))
@@ -97,7 +106,7 @@ def test_primary_bytes_against_a_scripted_secondary(tmp_path: object) -> None:
 def blob_and_check(ram: bytes, blob: bytes) -> bytes:
     """What follows a checkpoint's RAM section: vmstate-size, the blob and their check."""
     return wire.vmstate_size(len(blob)) + blob + wire.checkpoint_check(len(ram),
-                                                                      zlib.crc32(ram), blob)
+                                                                      crc32c.crc32c(ram), blob)
 
 
 class FakePrimary:

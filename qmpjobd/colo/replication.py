@@ -528,7 +528,10 @@ class Replication:
 
         # only live RAM is needed before the guest resumes; staged -> cache follows the
         # vmstate-loaded message (see _commit_cache), outside the primary's downtime
-        revert, reverted, self.staged_pages = await asyncio.to_thread(to_live)
+        if (sum(count for _, count in staged) + len(dirty)) * ps < INLINE_BELOW:
+            revert, reverted, self.staged_pages = to_live()  # a thread hop costs more
+        else:
+            revert, reverted, self.staged_pages = await asyncio.to_thread(to_live)
         guest.hashes.mark_runs(staged)
         guest.hashes.mark_runs(revert)
         guest.checkpoint = guest.load_device_state(state)

@@ -5,7 +5,7 @@ Control messages are QEMU's (a be32 COLOMessage index; ``vmstate-size`` is follo
 byte count and then exactly that many device-state bytes).  The RAM stream borrows QEMU's
 record header (be64 ``page_address | flags``) but carries runs of pages (a be32 count follows
 the header) so that a contiguous dirty range travels as one record.  In a checkpoint the device
-blob is followed by a check (:func:`checkpoint_check`): the RAM section's length and CRC-32 and
+blob is followed by a check (:func:`checkpoint_check`): the RAM section's length and CRC-32C and
 the blob's SHA-256, so that the secondary applies nothing of a damaged checkpoint.
 """
 
@@ -143,7 +143,7 @@ def runs(pages: list[int]) -> list[tuple[int, int]]:
 
 
 def checkpoint_check(ram_bytes: int, ram_crc: int, blob: bytes) -> bytes:
-    """What follows a checkpoint's device blob: the length and CRC-32 of its RAM section (every
+    """What follows a checkpoint's device blob: the length and CRC-32C of its RAM section (every
     byte from the first record through EOS) and the SHA-256 of the blob, so the secondary can
     refuse a damaged or misordered checkpoint before anything of it is applied."""
     return _CHECK.pack(ram_bytes, ram_crc, hashlib.sha256(blob).digest())
