@@ -77,6 +77,13 @@ class BlockGraph:
         if driver == "file":
             try:
                 node = FileNode(name, opts["filename"], read_only)
+            except PermissionError as e:
+                if read_only or not opts.get("auto-read-only", False):
+                    raise QMPError(str(e.strerror)) from e
+                try:  # auto-read-only: a file we may not write is opened read-only
+                    node = FileNode(name, opts["filename"], True)
+                except OSError as e2:
+                    raise QMPError(str(e2.strerror)) from e2
             except OSError as e:
                 raise QMPError(str(e.strerror)) from e
         elif driver == "null-co":
@@ -102,6 +109,10 @@ class BlockGraph:
                                 r.get("once", False)) for r in opts.get("inject-error", [])]
             node = BlkdebugNode(name, child, rules, opts.get("inject-error", []))
             node.read_only = read_only or child.read_only
+        cache = opts.get("cache", {})
+        node.cache = {"no-flush": cache.get("no-flush", False),
+                      "direct": cache.get("direct", False), "writeback": True}
+        node.detect_zeroes = opts.get("detect-zeroes", "off")
         node.monitor_owned = top
         node.depth = 1 + max((c.depth for c in node.children), default=0)
         if node.depth > MAX_DEPTH:

@@ -31,6 +31,9 @@ class BlockNode:
         """Creation order: QEMU walks nodes in this order when it drains them all."""
         self.node_name = node_name
         self.read_only = read_only
+        self.cache: dict[str, bool] = {"no-flush": False, "direct": False, "writeback": True}
+        """BlockdevCacheInfo from the node's cache options (reported, not enforced)."""
+        self.detect_zeroes = "off"
         self.children: list[BlockNode] = []
         self.parents: list[BlockNode] = []
         self.users: set[str] = set()
@@ -85,13 +88,13 @@ class BlockNode:
 
     def info(self, flat: bool = False) -> dict[str, Any]:
         """BlockDeviceInfo as query-named-block-nodes shows it (QEMU's key order)."""
-        return {"iops_rd": 0, "detect_zeroes": "off", "image": self.image_info(flat),
+        return {"iops_rd": 0, "detect_zeroes": self.detect_zeroes,
+                "image": self.image_info(flat),
                 "iops_wr": 0, "ro": self.read_only, "node-name": self.node_name,
                 "backing_file_depth": self.backing_depth(flat),
                 "drv": self.driver, "iops": 0, "bps_wr": 0, "write_threshold": 0,
                 "encrypted": False, "bps": 0, "bps_rd": 0,
-                "cache": {"no-flush": False, "direct": False, "writeback": True},
-                "file": self.filename()}
+                "cache": dict(self.cache), "file": self.filename()}
 
     def flush(self) -> None:
         """Make written data durable (in a worker thread)."""

@@ -31,14 +31,24 @@ def declare(s: Schema) -> None:
     s.struct("BlkdebugInjectErrorOptions", {
         "event": "BlkdebugEvent", "*state": "int", "*iotype": "BlkdebugIOType",
         "*errno": "int", "*sector": "int", "*once": "bool", "*immediately": "bool"})
-    s.struct("BlockdevOptionsFile", {"filename": "str"})
+    s.enum("OnOffAuto", ["auto", "on", "off"])
+    s.enum("BlockdevAioOptions", ["threads", "native", "io_uring"])
+    s.enum("BlockdevDiscardOptions", ["ignore", "unmap"])
+    s.struct("BlockdevCacheOptions", {"*direct": "bool", "*no-flush": "bool"})
+    s.struct("BlockdevOptionsFile", {"filename": "str", "*pr-manager": "str",
+                                     "*locking": "OnOffAuto", "*aio": "BlockdevAioOptions",
+                                     "*aio-max-batch": "int", "*drop-cache": "bool",
+                                     "*x-check-cache-dropped": "bool"})
     s.struct("BlockdevOptionsNull", {"*size": "int", "*latency-ns": "uint64",
                                      "*read-zeroes": "bool"})
     s.struct("BlockdevOptionsRaw", {"file": "BlockdevRef", "*offset": "int", "*size": "int"})
     s.struct("BlockdevOptionsBlkdebug", {"image": "BlockdevRef",
                                          "*inject-error": ["BlkdebugInjectErrorOptions"]})
     s.union("BlockdevOptions", {"driver": "BlockdevDriver", "*node-name": "str",
-                                "*read-only": "bool"}, "driver",
+                                "*discard": "BlockdevDiscardOptions",
+                                "*cache": "BlockdevCacheOptions", "*read-only": "bool",
+                                "*auto-read-only": "bool", "*force-share": "bool",
+                                "*detect-zeroes": "BlockdevDetectZeroesOptions"}, "driver",
             {"blkdebug": "BlockdevOptionsBlkdebug", "file": "BlockdevOptionsFile",
              "null-co": "BlockdevOptionsNull", "raw": "BlockdevOptionsRaw"})
     s.alternate("BlockdevRef", ["BlockdevOptions", "str"])

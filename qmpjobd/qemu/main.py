@@ -1,0 +1,212 @@
+"""``qmpjobd-system-x86_64``: qmpjobd started with QEMU 7.2's command line, as libvirt runs it.
+
+It builds the same :class:`~qmpjobd.vm.Vm` and :class:`~qmpjobd.server.Server` as ``qmpjobd``
+does, from QEMU's options: monitors from ``-qmp``/``-chardev``+``-mon`` (a socket path, or a
+listening descriptor libvirt passes in), ``-S``, ``-name``, ``-m``, ``-incoming``, block nodes
+from ``-blockdev``.  With ``-daemonize`` the first process exits 0 only once every monitor
+accepts, as QEMU's does; ``-pidfile`` is written, locked and removed as QEMU does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from ..cli import loop_factory, tune_malloc
+from ..colo.guest import Guest
+from ..errors import QmpjobdError
+from ..protocol.errors import QMPError
+from ..server import Access, Server, StartupError
+from ..vm import Vm
+from . import cmdline
+from .cmdline import Chardev, CmdlineError, QemuConfig
+
+log = logging.getLogger("qmpjobd.qemu")
+
+QEMU_VERSION = (7, 2, 22)
+"""The QEMU release whose identity this front end presents."""
+
+_USAGE = """\
+QEMU emulator version 7.2.22 (qmpjobd {version})
+usage: {prog} [options] [disk_image]
+
+qmpjobd accepts QEMU 7.2's command line as libvirt writes it and serves QMP on the
+monitors it names (-qmp, -chardev socket + -mon mode=control). See qmpjobd's README,
+section "Under libvirt".
+"""
+
+
+class Failed(QmpjobdError):
+    """Start-up failed; the message is QEMU's text, printed after the program name."""
+
+
+class PidFile:
+    """QEMU's pidfile: created 0600, locked, holding ``PID\\n``, removed at exit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise Failed(f"cannot create PID file: Cannot open pid file: {e.strerror}") \
+                from None
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise Failed("cannot create PID file: Cannot lock pid file: Resource "
+                         "temporarily unavailable") from None
+
+    def write(self) -> None:
+        """Record the pid of the process that serves (after any daemonizing fork)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def remove(self) -> None:
+        """Unlink and close (at exit)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _fd_socket(dev: Chardev) -> socket.socket:
+    """The listening socket libvirt passed as ``fd=N``."""
+    assert dev.fd is not None
+    try:
+        st = os.fstat(dev.fd)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISSOCK(st.st_mode):
+        raise Failed(f"{dev.origin}: File descriptor '{dev.fd}' is not a socket")
+    return socket.socket(fileno=dev.fd)
+
+
+def build_vm(cfg: QemuConfig) -> Vm:
+    """The Vm a QEMU command line describes; Failed with QEMU's text for a bad -blockdev."""
+    guest = Guest(cfg.ram, side=1)
+    vm = Vm(version=QEMU_VERSION, package=f"qmpjobd {__version__}", name=cfg.name,
+            guest=guest, incoming=cfg.incoming, paused=cfg.paused)
+    add = vm.schema.commands["blockdev-add"]
+    for spec in cfg.blockdevs:
+        try:
+            vm.block.add(vm.schema.check_arguments(add, spec))
+        except QMPError as e:
+            vm.close()
+            raise Failed(f"-blockdev {_render(spec)}: {e.desc}") from None
+    for name, arg in cfg.ignored:
+        log.debug("accepted, no effect here: -%s %s", name, arg)
+    return vm
+
+
+def _render(spec: dict[str, Any]) -> str:
+    return orjson.dumps(spec).decode()
+
+
+async def serve(cfg: QemuConfig, ready: int | None, pidfile: PidFile | None) -> int:
+    """Serve the monitors until quit or a signal; ``ready`` is the daemonizing parent's pipe."""
+    vm = build_vm(cfg)
+    umask = os.umask(0)
+    os.umask(umask)
+    server = Server(vm, access=Access(socket_mode=0o777 & ~umask))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, vm.signal_stop, sig.name)
+    vm.start()
+    try:
+        passed = {dev.id: _fd_socket(dev) for dev in cfg.chardevs.values() if dev.fd is not None}
+        for dev in cfg.monitors:
+            if dev.fd is not None:
+                await server.adopt(passed[dev.id])
+            elif dev.path is not None:
+                await server.listen_unix(dev.path)
+            else:
+                await server.listen_tcp(dev.host or "127.0.0.1", int(dev.port or 0))
+    except (StartupError, Failed, OSError, ValueError) as e:
+        await server.close()
+        vm.close()
+        raise Failed(str(e)) from None
+    if pidfile is not None:
+        pidfile.write()
+    if ready is not None:
+        _detach_stdio()
+        os.write(ready, b"\0")
+        os.close(ready)
+    await vm.stopped.wait()
+    await server.close()
+    vm.close()
+    return 0
+
+
+def _detach_stdio() -> None:
+    """As QEMU's os_setup_post: stdin, stdout and stderr become /dev/null."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _daemonize() -> int:
+    """QEMU's os_daemonize: the caller's process waits for the daemon's status byte and exits
+    with it; returns (in the daemon, a grandchild in its own session) the pipe to report on."""
+    rfd, wfd = os.pipe()
+    if os.fork() > 0:
+        os.close(wfd)
+        status = os.read(rfd, 1)
+        os._exit(0 if status == b"\0" else 1)
+    os.close(rfd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.umask(0o027)
+    os.chdir("/")
+    return wfd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``qmpjobd-system-x86_64``."""
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0]) if argv else "qmpjobd-system-x86_64"
+    try:
+        cfg = cmdline.parse(argv[1:])
+    except CmdlineError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    if cfg.action == "version":
+        sys.stdout.write(f"QEMU emulator version 7.2.22 (qmpjobd {__version__})\n"
+                         "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project "
+                         "developers\n")
+        return 0
+    if cfg.action == "help":
+        sys.stdout.write(_USAGE.format(version=__version__, prog=prog))
+        return 0
+    logging.basicConfig(level=os.environ.get("QMPJOBD_LOG_LEVEL", "warning").upper(),
+                        stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_malloc()
+    sys.setswitchinterval(0.001)
+    ready = _daemonize() if cfg.daemonize else None
+    pidfile = None
+    try:
+        if cfg.pidfile is not None:
+            pidfile = PidFile(cfg.pidfile)
+        factory, _ = loop_factory("auto")
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(serve(cfg, ready, pidfile))
+    except Failed as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    finally:
+        if pidfile is not None:
+            pidfile.remove()

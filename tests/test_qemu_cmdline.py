@@ -1,0 +1,207 @@
+"""qmpjobd-system-x86_64: QEMU 7.2's command line, its refusals (compared with the real QEMU),
+libvirt's probe mode (-daemonize, -pidfile) and domain mode (a passed monitor descriptor)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qmptest import NO_QEMU_REASON, QEMU, Client, wait_for_socket
+
+from qmpjobd.qemu import cmdline
+
+PROG = "qmpjobd-system-x86_64"
+LAUNCH = [sys.executable, "-c",
+          "import sys; from qmpjobd.qemu.main import main; sys.argv[0] = sys.argv[1]; "
+          "del sys.argv[1]; sys.exit(main())", PROG]
+"""Runs the front end with QEMU's argv[0] convention (its basename prefixes every error)."""
+
+BASE = ["-M", "none", "-nodefaults", "-display", "none"]
+
+REFUSED = [
+    ["-foo"],
+    ["--bar", "x"],
+    ["-name"],
+    ["-incoming"],
+    ["-m", "abc"],
+    ["-m", "size=12Q"],
+    ["-name", "guest=x,bogus=1"],
+    ["-smp", "abc"],
+    ["-uuid", "xyz"],
+    ["-uuid", "1234567812341234123412345678abcd"],
+    ["-mon", "chardev=nope,mode=control"],
+    ["-chardev", "socket,id=c,fd=99,server=on,wait=off"],
+    ["-blockdev", "{"],
+]
+
+
+def run_front(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=30,
+                          **kw)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
+@pytest.mark.parametrize("bad", REFUSED, ids=[" ".join(c) for c in REFUSED])
+def test_refused_as_qemu_refuses(bad: list[str], tmp_path: Path) -> None:
+    """Same exit status and the same text after the program name as QEMU 7.2."""
+    assert QEMU is not None
+    link = tmp_path / PROG
+    link.symlink_to(QEMU)  # QEMU prefixes its errors with its own basename
+    want = subprocess.run([str(link), *BASE, *bad], capture_output=True, text=True, timeout=30)
+    got = run_front([*BASE, *bad])
+    assert (got.returncode, got.stderr) == (want.returncode, want.stderr)
+    assert got.returncode == 1
+
+
+def test_qemu_opts_syntax() -> None:
+    assert cmdline.parse_opts("socket,id=c,,x,path=/a,,b,server,nowait", "backend") == {
+        "backend": "socket", "id": "c,x", "path": "/a,b", "server": "on", "wait": "off"}
+    assert cmdline.parse_size("64", "M") == 64 << 20
+    assert cmdline.parse_size("65536k") == 64 << 20
+    assert cmdline.parse_size("1.5G") == 3 << 29
+    with pytest.raises(ValueError):
+        cmdline.parse_size("1.5")
+
+
+def test_a_libvirt_domain_line_is_understood() -> None:
+    """The shape of the line libvirt 9.0 writes for a TCG domain with one raw disk."""
+    cfg = cmdline.parse([
+        "-name", "guest=t1,debug-threads=on", "-S",
+        "-object", '{"qom-type":"secret","id":"masterKey0","format":"raw",'
+                   '"file":"/var/lib/libvirt/qemu/domain-1-t1/master-key.aes"}',
+        "-machine", "pc-i440fx-7.2,usb=off,dump-guest-core=off,memory-backend=pc.ram",
+        "-accel", "tcg", "-cpu", "qemu64", "-m", "size=65536k",
+        "-object", '{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864}',
+        "-overcommit", "mem-lock=off", "-smp", "2,sockets=2,cores=1,threads=1",
+        "-uuid", "0A0B0C0D-1111-2222-3333-444455556666", "-no-user-config", "-nodefaults",
+        "-chardev", "socket,id=charmonitor,fd=27,server=on,wait=off",
+        "-mon", "chardev=charmonitor,id=monitor,mode=control", "-rtc", "base=utc",
+        "-no-shutdown", "-boot", "strict=on",
+        "-blockdev", '{"driver":"file","filename":"/var/lib/libvirt/images/t1.raw",'
+                     '"node-name":"libvirt-1-storage","auto-read-only":true,'
+                     '"discard":"unmap"}',
+        "-blockdev", '{"node-name":"libvirt-1-format","read-only":false,"driver":"raw",'
+                     '"file":"libvirt-1-storage"}',
+        "-device", '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x3",'
+                   '"drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1}',
+        "-audiodev", '{"id":"audio1","driver":"none"}',
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+                    "resourcecontrol=deny",
+        "-msg", "timestamp=on"])
+    assert (cfg.name, cfg.paused, cfg.no_shutdown) == ("t1", True, True)
+    assert cfg.uuid == "0a0b0c0d-1111-2222-3333-444455556666"
+    assert (cfg.ram, cfg.cpus, cfg.machine, cfg.accel) == (64 << 20, 2, "pc-i440fx-7.2", ["tcg"])
+    assert [(m.id, m.fd, m.server) for m in cfg.monitors] == [("charmonitor", 27, True)]
+    assert [b["node-name"] for b in cfg.blockdevs] == ["libvirt-1-storage", "libvirt-1-format"]
+    assert cfg.devices[0]["drive"] == "libvirt-1-format"
+    assert {name for name, _ in cfg.ignored} >= {"object", "overcommit", "rtc", "boot",
+                                                 "audiodev", "sandbox", "msg"}
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
+        if "State:\tZ" in status:
+            return
+        assert time.monotonic() < deadline, f"pid {pid} still running"
+        time.sleep(0.02)  # not our child (daemonized): nothing to wait on but /proc
+
+
+def test_probe_mode_daemonizes_once_the_monitor_accepts(tmp_path: Path) -> None:
+    """libvirt's probe: the first process exits 0 only when the monitor accepts; the daemon's
+    pid is in the pidfile, its stdio is /dev/null; SIGTERM ends it with SHUTDOWN and removes
+    the socket and the pidfile."""
+    sock, pidfile = tmp_path / "mon.sock", tmp_path / "qemu.pid"
+    done = run_front(["-S", "-no-user-config", "-nodefaults", "-nographic",
+                      "-machine", "none,accel=kvm:tcg",
+                      "-qmp", f"unix:{sock},server=on,wait=off",
+                      "-pidfile", str(pidfile), "-daemonize"])
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    pid = int(pidfile.read_text())
+    assert pidfile.read_text() == f"{pid}\n" and (pidfile.stat().st_mode & 0o777) == 0o600
+    try:
+        c = Client(str(sock), timeout=10)  # no retry needed: it accepts already
+        assert c.greeting["QMP"]["version"]["qemu"] == {"micro": 22, "minor": 2, "major": 7}
+        c.negotiate()
+        assert c.cmd("query-status")["return"]["status"] == "prelaunch"
+        for fd in (0, 1, 2):
+            assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+        assert os.getsid(pid) != os.getsid(0) and os.readlink(f"/proc/{pid}/cwd") == "/"
+        os.kill(pid, signal.SIGTERM)
+        ev = c.recv()
+        assert ev["event"] == "SHUTDOWN" and ev["data"] == {"guest": False,
+                                                            "reason": "host-signal"}
+        _wait_gone(pid)
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+    assert not sock.exists() and not pidfile.exists()
+
+
+def test_a_locked_pidfile_is_refused(tmp_path: Path) -> None:
+    sock, pidfile = tmp_path / "mon.sock", tmp_path / "qemu.pid"
+    args = ["-S", "-machine", "none", "-qmp", f"unix:{sock},server=on,wait=off",
+            "-pidfile", str(pidfile)]
+    first = subprocess.Popen([*LAUNCH, *args], stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(str(sock), first)
+        Client(str(sock), timeout=10).negotiate()
+        second = run_front(args)
+        assert second.returncode == 1
+        assert second.stderr == (f"{PROG}: cannot create PID file: Cannot lock pid file: "
+                                 "Resource temporarily unavailable\n")
+    finally:
+        first.terminate()
+        first.wait(10)
+
+
+def test_domain_mode_serves_a_passed_listening_descriptor(tmp_path: Path) -> None:
+    """libvirt's domain start: the monitor is a listening socket it passes as fd=N; no fork;
+    -S holds the guest in prelaunch until cont; -name and -blockdev take effect."""
+    path = str(tmp_path / "monitor.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    fd = lsock.fileno()
+    image = tmp_path / "t1.raw"
+    image.write_bytes(b"\0" * (1 << 20))
+    proc = subprocess.Popen([
+        *LAUNCH, "-name", "guest=t1,debug-threads=on", "-S", "-no-user-config", "-nodefaults",
+        "-chardev", f"socket,id=charmonitor,fd={fd},server=on,wait=off",
+        "-mon", "chardev=charmonitor,id=monitor,mode=control", "-no-shutdown",
+        "-blockdev", f'{{"driver":"file","filename":"{image}","node-name":"libvirt-1-storage",'
+                     '"auto-read-only":true,"discard":"unmap"}',
+        "-blockdev", '{"node-name":"libvirt-1-format","read-only":false,"driver":"raw",'
+                     '"file":"libvirt-1-storage"}'], pass_fds=(fd,), stderr=subprocess.PIPE)
+    lsock.close()
+    try:
+        c = Client(path, timeout=10)
+        c.negotiate()
+        assert c.cmd("query-name") == {"return": {"name": "t1"}}
+        assert c.cmd("query-status")["return"]["status"] == "prelaunch"
+        nodes = c.cmd("query-named-block-nodes", {"flat": True})["return"]
+        assert {n["node-name"] for n in nodes} == {"libvirt-1-storage", "libvirt-1-format"}
+        got = c.exchange(b'{"execute":"cont"}')
+        assert [m.get("event", m.get("return")) for m in got] == ["RESUME", {}]  # QEMU's order
+        assert c.cmd("query-status")["return"]["status"] == "running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_bad_blockdev_is_refused_with_qemus_text(tmp_path: Path) -> None:
+    got = run_front(["-S", "-machine", "none", "-blockdev",
+                     '{"driver":"file","filename":"/nonexistent/x.raw","node-name":"n1"}'])
+    assert got.returncode == 1
+    assert got.stderr.startswith(f"{PROG}: -blockdev ")
+    assert "Could not open '/nonexistent/x.raw': No such file or directory" in got.stderr
