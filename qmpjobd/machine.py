@@ -5,6 +5,7 @@ There is no guest CPU here; the run state is what a QMP client observes, with QE
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,14 @@ class Machine:
         """Whether a finished incoming migration resumes the guest (no ``-S``)."""
         self.yankables: dict[str, Callable[[], None]] = {}
         """Yank instances by type (``migration``) and what yanking them does."""
+        self.guest_acpi = False
+        """Whether an emulated guest answers system_powerdown by powering off (a machine with
+        a guest, as libvirt starts; ``-M none`` has none and only reports POWERDOWN)."""
+        self.no_shutdown = False
+        """``-no-shutdown``: a guest that powers off stops (runstate shutdown) instead of
+        ending the process."""
+        self.on_poweroff: Callable[[], None] | None = None
+        """Ends the process when the guest powers off without ``-no-shutdown``."""
 
     def register(self, registry: Registry) -> None:
         """Attach this machine's command handlers."""
@@ -43,6 +52,8 @@ class Machine:
         registry.register("query-yank", lambda args, session: [
             {"type": kind} for kind in self.yankables])
         registry.register("yank", self.yank)
+        registry.register("system_reset", self.system_reset)
+        registry.register("system_powerdown", self.system_powerdown)
 
     @property
     def running(self) -> bool:
@@ -84,6 +95,29 @@ class Machine:
             return
         if not self.running:
             self.set_status("running")
+
+    def system_reset(self, args: dict[str, Any], session: Session) -> Any:
+        """system_reset: RESET; a guest that was not running is left in prelaunch, as QEMU's
+        main loop does after a reset."""
+        self.events.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        if self.status not in ("running", "inmigrate", "finish-migrate"):
+            self.status = "prelaunch"
+
+    def system_powerdown(self, args: dict[str, Any], session: Session) -> Any:
+        """system_powerdown: POWERDOWN; then, after the reply, an emulated guest powers off."""
+        self.events.emit("POWERDOWN")
+        if self.guest_acpi and self.running:
+            asyncio.get_running_loop().call_soon(self.guest_poweroff)
+
+    def guest_poweroff(self) -> None:
+        """The guest shut itself down: SHUTDOWN, then STOP with ``-no-shutdown``, else exit."""
+        if self.status == "shutdown":
+            return
+        self.events.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+        if self.no_shutdown:
+            self.set_status("shutdown")
+        elif self.on_poweroff is not None:
+            self.on_poweroff()
 
     def query_name(self, args: dict[str, Any], session: Session) -> Any:
         """query-name: ``{}`` unless the daemon was given a name."""

@@ -21,6 +21,7 @@ from .colo import stubs as colo_stubs
 from .colo.guest import Guest
 from .colo.heartbeat import Heartbeat
 from .colo.migration import Migration
+from .hardware import Hardware
 from .jobs import JobRegistry
 from .jobs import commands as job_commands
 from .machine import Machine
@@ -44,18 +45,24 @@ class Vm:
     def __init__(self, *, version: tuple[int, int, int] = (7, 2, 0), package: str = "",
                  name: str | None = None, guest: Guest | None = None,
                  incoming: str | None = None, paused: bool = False, compat: str = "7.2",
-                 colo_tls: TlsFiles | None = None) -> None:
+                 colo_tls: TlsFiles | None = None, cpus: int = 0, cpu_model: str = "qemu64",
+                 uuid: str = "00000000-0000-0000-0000-000000000000", max_cpus: int = 0,
+                 topology: tuple[int, int, int] = (0, 0, 0)) -> None:
         self._listeners: list[Listener] = []
         self.capabilities = CAPABILITIES
         self.schema = build_schema()
         self.registry = Registry(self.schema)
         self.dispatcher = Dispatcher(self.registry)
         self.machine = Machine(self, version, package, name, on_quit=self._on_quit)
+        self.machine.on_poweroff = self._on_poweroff
         self.machine.register(self.registry)
         self.jobs = JobRegistry(self)
         job_commands.register(self.registry, self.jobs)
         self.block = BlockGraph()
         block_commands.register(self.registry, self.block, self.jobs)
+        self.hardware = Hardware(self.block, cpus=cpus, cpu_model=cpu_model, uuid=uuid,
+                                 max_cpus=max_cpus, topology=topology)
+        self.hardware.register(self.registry)
         if paused:
             self.machine.status = "prelaunch"
             self.machine.autostart = False
@@ -72,6 +79,7 @@ class Vm:
         """Set once the daemon should exit (quit, a signal); see :attr:`exit_reason`."""
         self.exit_reason = ""
         self._stopping: asyncio.Task[None] | None = None
+        self._poweroff: asyncio.Task[None] | None = None
         self._started = False
 
     def _introspect(self) -> tuple[list[Any], list[dict[str, str]]]:
@@ -99,7 +107,17 @@ class Vm:
         """Start what runs on its own (an incoming migration listener); needs a running loop."""
         if not self._started:
             self._started = True
+            self.hardware.start()
             self.migration.start()
+
+    def _on_poweroff(self) -> None:
+        """The guest powered off (no ``-no-shutdown``): end as after quit."""
+        async def end() -> None:
+            self._end_replication()
+            await self.jobs.cancel_all()
+            self.request_stop("guest-shutdown")
+
+        self._poweroff = asyncio.get_running_loop().create_task(end())
 
     async def _on_quit(self) -> None:
         """After SHUTDOWN: cancel every job (with its events), then reply, then stop."""
@@ -137,4 +155,5 @@ class Vm:
     def close(self) -> None:
         """Release what the VM holds: replication links and block nodes."""
         self._end_replication()
+        self.hardware.close()
         self.block.close()

@@ -205,3 +205,153 @@ def test_a_bad_blockdev_is_refused_with_qemus_text(tmp_path: Path) -> None:
     assert got.returncode == 1
     assert got.stderr.startswith(f"{PROG}: -blockdev ")
     assert "Could not open '/nonexistent/x.raw': No such file or directory" in got.stderr
+
+
+def domain_args(image: Path, monitor: list[str]) -> list[str]:
+    """A domain's command line as libvirt 9.0 writes it (recorded), with ``monitor``."""
+    return [
+        "-name", "guest=t1,debug-threads=on", "-S",
+        "-machine", "pc-i440fx-7.2,usb=off,dump-guest-core=off", "-accel", "tcg",
+        "-cpu", "qemu64", "-m", "64", "-overcommit", "mem-lock=off",
+        "-smp", "2,sockets=2,cores=1,threads=1",
+        "-uuid", "0659dba2-2930-496c-a2c7-d43f0096dd6b", "-display", "none",
+        "-no-user-config", "-nodefaults", *monitor, "-rtc", "base=utc", "-no-shutdown",
+        "-boot", "strict=on",
+        "-blockdev", f'{{"driver":"file","filename":"{image}","node-name":"libvirt-1-storage",'
+                     '"auto-read-only":true,"discard":"unmap"}',
+        "-blockdev", '{"node-name":"libvirt-1-format","read-only":false,"driver":"raw",'
+                     '"file":"libvirt-1-storage"}',
+        "-device", '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x2",'
+                   '"drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1}',
+        "-audiodev", '{"id":"audio1","driver":"none"}', "-msg", "timestamp=on"]
+
+
+START_QUERIES = [
+    ("query-chardev", None), ("query-hotpluggable-cpus", None), ("query-cpus-fast", None),
+    ("query-iothreads", None), ("query-named-block-nodes", {"flat": True}),
+    ("qom-list", {"path": "/machine/peripheral"}), ("query-block", None),
+    ("query-blockstats", None), ("query-blockstats", {"query-nodes": True}),
+    ("query-uuid", None), ("query-name", None), ("query-status", None),
+]
+"""What libvirt asks while it starts a domain (recorded), and a few identity queries."""
+
+
+def _normalise(value: object) -> object:
+    """Drop what differs between two processes: thread ids, allocation, paths, timings."""
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()
+                if k not in ("thread-id", "actual-size", "idle_time_ns", "filename", "file")}
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _start_domain(cmd: list[str], tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], Client]:
+    path = str(tmp / f"{name}.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    fd = lsock.fileno()
+    image = tmp / f"{name}.raw"
+    image.write_bytes(b"\0" * (16 << 20))
+    proc = subprocess.Popen([*cmd, *domain_args(image, [
+        "-chardev", f"socket,id=charmonitor,fd={fd},server=on,wait=off",
+        "-mon", "chardev=charmonitor,id=monitor,mode=control"])], pass_fds=(fd,),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lsock.close()
+    c = Client(path, timeout=20)
+    c.negotiate()
+    return proc, c
+
+
+@pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
+def test_a_libvirt_domain_start_is_answered_as_qemu_answers(tmp_path: Path) -> None:
+    """The same libvirt command line, and libvirt's start-up queries, on QEMU 7.2 under TCG
+    and on qmpjobd: equal replies but for tids, allocation and paths."""
+    assert QEMU is not None
+    procs = []
+    try:
+        qemu, qc = _start_domain([QEMU], tmp_path, "qemu")
+        procs.append(qemu)
+        ours, oc = _start_domain(LAUNCH, tmp_path, "ours")
+        procs.append(ours)
+        for name, args in START_QUERIES:
+            want, got = qc.cmd(name, args), oc.cmd(name, args)
+            assert _normalise(got) == _normalise(want), name
+        for vcpu in oc.cmd("query-cpus-fast")["return"]:
+            tid = vcpu["thread-id"]
+            comm = Path(f"/proc/{ours.pid}/task/{tid}/comm").read_text()
+            assert comm == f"CPU {vcpu['cpu-index']}/TCG\n"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
+def test_life_cycle_events_as_qemu(tmp_path: Path) -> None:
+    """stop/cont/system_reset in the order and states QEMU 7.2 gives them."""
+    assert QEMU is not None
+    script = [b'{"execute":"cont"}', b'{"execute":"stop"}', b'{"execute":"system_reset"}',
+              b'{"execute":"query-status"}', b'{"execute":"cont"}',
+              b'{"execute":"system_reset"}', b'{"execute":"query-status"}']
+    seen = []
+    procs = []
+    try:
+        for cmd, name in (([QEMU], "qemu"), (LAUNCH, "ours")):
+            proc, c = _start_domain(cmd, tmp_path, name)
+            procs.append(proc)
+            out = []
+            for line in script:
+                out += [m.get("event", m.get("return")) for m in c.exchange(line)]
+            seen.append(out)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert seen[1] == seen[0]
+
+
+def test_powerdown_powers_the_guest_off(tmp_path: Path) -> None:
+    """system_powerdown: the emulated guest shuts down (QEMU's events for a guest that powers
+    off); with -no-shutdown it stays in runstate shutdown until system_reset and cont."""
+    proc, c = _start_domain(LAUNCH, tmp_path, "ours")
+    try:
+        got = [m.get("event", m.get("return")) for m in c.exchange(b'{"execute":"cont"}')]
+        assert got == ["RESUME", {}]
+        got = [m.get("event", m.get("return"))
+               for m in c.exchange(b'{"execute":"system_powerdown"}')]
+        assert got == ["POWERDOWN", {}]  # the guest answers after the reply
+        shutdown, stop = c.recv(), c.recv()
+        assert (shutdown["event"], shutdown["data"], stop["event"]) == (
+            "SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}, "STOP")
+        assert c.cmd("query-status")["return"]["status"] == "shutdown"
+        assert c.cmd("cont")["error"]["desc"] == "Resetting the Virtual Machine is required"
+        c.cmd("system_reset")
+        assert c.cmd("query-status")["return"]["status"] == "prelaunch"
+        assert c.cmd("cont") == {"return": {}}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_powerdown_without_no_shutdown_ends_the_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.sock")
+    proc = subprocess.Popen([*LAUNCH, "-machine", "pc", "-qmp",
+                             f"unix:{path},server=on,wait=off"], stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(path, proc)
+        c = Client(path)
+        c.negotiate()
+        got = [m.get("event", m.get("return"))
+               for m in c.exchange(b'{"execute":"system_powerdown"}')]
+        assert got == ["POWERDOWN", {}]
+        ev = c.recv()
+        assert (ev["event"], ev["data"]) == ("SHUTDOWN", {"guest": True,
+                                                          "reason": "guest-shutdown"})
+        assert proc.wait(10) == 0
+        assert not Path(path).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

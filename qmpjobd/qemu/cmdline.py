@@ -81,6 +81,8 @@ class QemuConfig:
     ram: int = 128 << 20
     cpus: int = 1
     max_cpus: int = 1
+    topology: tuple[int, int, int] = (0, 0, 0)
+    """-smp sockets, cores, threads (0: derived from the CPU count, as QEMU does)."""
     machine: str | None = None
     machine_props: dict[str, str] = field(default_factory=dict)
     accel: list[str] = field(default_factory=list)
@@ -297,6 +299,8 @@ def _apply(cfg: QemuConfig, name: str, arg: str, mons: list[str],
                 raise UnlocatedError(f"Parameter 'smp.{key}' expects integer")
         cfg.cpus = int(opts.get("cpus", "0")) or int(opts.get("maxcpus", "1"))
         cfg.max_cpus = int(opts.get("maxcpus", "0")) or cfg.cpus
+        cfg.topology = (int(opts.get("sockets", "0")), int(opts.get("cores", "0")),
+                        int(opts.get("threads", "0")))
     elif name in ("machine", "M"):
         opts = parse_opts(arg, "type")
         cfg.machine = opts.pop("type", cfg.machine)

@@ -26,6 +26,8 @@ from .. import __version__
 from ..cli import loop_factory, tune_malloc
 from ..colo.guest import Guest
 from ..errors import QmpjobdError
+from ..hardware import Chardev as HwChardev
+from ..hardware import Device
 from ..protocol.errors import QMPError
 from ..server import Access, Server, StartupError
 from ..vm import Vm
@@ -96,8 +98,13 @@ def _fd_socket(dev: Chardev) -> socket.socket:
 def build_vm(cfg: QemuConfig) -> Vm:
     """The Vm a QEMU command line describes; Failed with QEMU's text for a bad -blockdev."""
     guest = Guest(cfg.ram, side=1)
+    has_guest = cfg.machine != "none"
     vm = Vm(version=QEMU_VERSION, package=f"qmpjobd {__version__}", name=cfg.name,
-            guest=guest, incoming=cfg.incoming, paused=cfg.paused)
+            guest=guest, incoming=cfg.incoming, paused=cfg.paused,
+            cpus=cfg.cpus if has_guest else 0, cpu_model=cfg.cpu or "qemu64", uuid=cfg.uuid,
+            max_cpus=cfg.max_cpus if has_guest else 0, topology=cfg.topology)
+    vm.machine.guest_acpi = has_guest
+    vm.machine.no_shutdown = cfg.no_shutdown
     add = vm.schema.commands["blockdev-add"]
     for spec in cfg.blockdevs:
         try:
@@ -105,6 +112,15 @@ def build_vm(cfg: QemuConfig) -> Vm:
         except QMPError as e:
             vm.close()
             raise Failed(f"-blockdev {_render(spec)}: {e.desc}") from None
+    for spec in cfg.devices:
+        drive = spec.get("drive")
+        try:
+            vm.hardware.add_device(Device(str(spec.get("id", "")), str(spec["driver"]),
+                                          str(drive) if drive is not None else None,
+                                          spec))
+        except QMPError as e:
+            vm.close()
+            raise Failed(f"-device {_render(spec)}: {e.desc}") from None
     for name, arg in cfg.ignored:
         log.debug("accepted, no effect here: -%s %s", name, arg)
     return vm
@@ -128,11 +144,17 @@ async def serve(cfg: QemuConfig, ready: int | None, pidfile: PidFile | None) -> 
         passed = {dev.id: _fd_socket(dev) for dev in cfg.chardevs.values() if dev.fd is not None}
         for dev in cfg.monitors:
             if dev.fd is not None:
-                await server.adopt(passed[dev.id])
+                sock = passed[dev.id]
+                await server.adopt(sock)
+                where = f"unix:{sock.getsockname()}" if sock.family == socket.AF_UNIX \
+                    else "tcp:{}:{}".format(*sock.getsockname()[:2])
             elif dev.path is not None:
                 await server.listen_unix(dev.path)
+                where = f"unix:{dev.path}"
             else:
                 await server.listen_tcp(dev.host or "127.0.0.1", int(dev.port or 0))
+                where = f"tcp:{dev.host}:{dev.port}"
+            vm.hardware.chardevs.append(HwChardev(dev.id, f"{where},server=on", True))
     except (StartupError, Failed, OSError, ValueError) as e:
         await server.close()
         vm.close()

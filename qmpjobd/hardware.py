@@ -1,0 +1,238 @@
+"""The machine's hardware as QEMU's QMP shows it: vCPUs, devices, character devices.
+
+There is no guest to run, but libvirt moves each vCPU thread into a cgroup and looks devices up
+by their QOM paths, so each vCPU is a real (idle) thread with its own tid, named as QEMU names
+it with ``debug-threads=on``, and each ``-device`` that names a ``drive`` is the front end of
+that block node in ``query-block`` and ``query-blockstats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .block.graph import BlockGraph
+from .block.nodes import BlockNode
+from .protocol.errors import QMPError
+from .protocol.session import Session
+from .schema import Registry
+
+_VIRTIO_BLK = frozenset(("virtio-blk-pci", "virtio-blk-device", "virtio-blk-ccw"))
+
+
+@dataclass
+class Device:
+    """A ``-device``: its id, driver and (for a disk) the node it is attached to."""
+
+    id: str
+    driver: str
+    drive: str | None = None
+    props: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def qom_path(self) -> str:
+        """Where QOM puts a device with an id."""
+        return f"/machine/peripheral/{self.id}"
+
+    @property
+    def block_qdev(self) -> str:
+        """The QOM path query-block reports: virtio-blk's backend is its inner device."""
+        return f"{self.qom_path}/virtio-backend" if self.driver in _VIRTIO_BLK \
+            else self.qom_path
+
+
+@dataclass
+class Chardev:
+    """A character device as query-chardev lists it."""
+
+    label: str
+    filename: str
+    frontend_open: bool = False
+
+
+class _Vcpu:
+    """One idle thread standing for a vCPU: it exists so its tid can be placed in a cgroup."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.tid = 0
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"CPU {index}/TCG", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        self.tid = threading.get_native_id()
+        _set_thread_name(f"CPU {self.index}/TCG")
+        self._ready.set()
+        self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+
+def _set_thread_name(name: str) -> None:
+    """prctl(PR_SET_NAME): the name ps and /proc show, as QEMU's debug-threads gives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)
+
+
+class Hardware:
+    """vCPUs, devices and chardevs, with the QMP commands that show them."""
+
+    def __init__(self, block: BlockGraph, *, cpus: int = 0, cpu_model: str = "qemu64",
+                 uuid: str = "00000000-0000-0000-0000-000000000000", max_cpus: int = 0,
+                 topology: tuple[int, int, int] = (0, 0, 0)) -> None:
+        self.block = block
+        self.max_cpus = max(cpus, max_cpus)
+        _, cores, threads = topology
+        self.threads = threads or 1
+        self.cores = cores or 1
+        self.cpu_model = cpu_model
+        self.uuid = uuid
+        self.devices: dict[str, Device] = {}
+        self.chardevs: list[Chardev] = []
+        self._vcpus = [_Vcpu(i) for i in range(cpus)]
+        self._started = False
+
+    def add_device(self, dev: Device) -> None:
+        """Attach a device; its drive must name an existing node (QEMU's texts otherwise)."""
+        if dev.id in self.devices:
+            raise QMPError(f"Duplicate device ID '{dev.id}'")
+        if dev.drive is not None:
+            node = self.block.lookup(dev.drive)
+            if any(d.drive == node.node_name for d in self.devices.values()):
+                raise QMPError(f"Property '{dev.driver}.drive' can't take value "
+                               f"'{dev.drive}': Node '{dev.drive}' is already in use")
+        self.devices[dev.id] = dev
+
+    def start(self) -> None:
+        """Start the vCPU threads (needs no event loop)."""
+        if not self._started:
+            self._started = True
+            for v in self._vcpus:
+                v.start()
+
+    def close(self) -> None:
+        """Stop the vCPU threads."""
+        for v in self._vcpus:
+            v.stop()
+
+    def register(self, registry: Registry) -> None:
+        """Attach the command handlers."""
+        registry.register("query-cpus-fast", self.query_cpus_fast)
+        registry.register("query-hotpluggable-cpus", self.query_hotpluggable_cpus)
+        registry.register("query-chardev", lambda args, session: [
+            {"frontend-open": c.frontend_open, "filename": c.filename, "label": c.label}
+            for c in self.chardevs])
+        registry.register("query-iothreads", lambda args, session: [])
+        registry.register("query-uuid", lambda args, session: {"UUID": self.uuid})
+        registry.register("query-block", self.query_block)
+        registry.register("query-blockstats", self.query_blockstats)
+        registry.register("qom-list", self.qom_list)
+
+    # -- CPUs ------------------------------------------------------------------------------
+
+    def _cpu_props(self, index: int) -> dict[str, int]:
+        """Socket, core and thread of vCPU ``index`` (x86's topology ids)."""
+        return {"core-id": index // self.threads % self.cores,
+                "thread-id": index % self.threads,
+                "socket-id": index // (self.threads * self.cores)}
+
+    @staticmethod
+    def _cpu_path(index: int) -> str:
+        """QOM path of a vCPU: the pc machine creates one more unattached device after the
+        first vCPU, so the others follow from device[2] (as QEMU 7.2 shows them)."""
+        return f"/machine/unattached/device[{index + 1 if index else 0}]"
+
+    def query_cpus_fast(self, args: dict[str, Any], session: Session) -> Any:
+        """query-cpus-fast: each vCPU with the tid of its thread."""
+        return [{"thread-id": v.tid, "props": self._cpu_props(v.index),
+                 "qom-path": self._cpu_path(v.index), "cpu-index": v.index,
+                 "target": "x86_64"} for v in self._vcpus]
+
+    def query_hotpluggable_cpus(self, args: dict[str, Any], session: Session) -> Any:
+        """query-hotpluggable-cpus: every slot up to maxcpus, last first; a present vCPU
+        has its QOM path."""
+        out = []
+        for index in reversed(range(self.max_cpus)):
+            entry: dict[str, Any] = {"props": self._cpu_props(index), "vcpus-count": 1}
+            if index < len(self._vcpus):
+                entry["qom-path"] = self._cpu_path(index)
+            entry["type"] = f"{self.cpu_model}-x86_64-cpu"
+            out.append(entry)
+        return out
+
+    # -- block devices -----------------------------------------------------------------------
+
+    def _disks(self) -> list[tuple[Device, BlockNode]]:
+        return [(dev, self.block.nodes[dev.drive]) for dev in self.devices.values()
+                if dev.drive is not None and dev.drive in self.block.nodes]
+
+    def query_block(self, args: dict[str, Any], session: Session) -> Any:
+        """query-block: one entry per device with a drive (its node inserted)."""
+        return [{"io-status": "ok", "device": "", "locked": False, "removable": False,
+                 "inserted": node.info(), "qdev": dev.block_qdev, "type": "unknown"}
+                for dev, node in self._disks()]
+
+    def query_blockstats(self, args: dict[str, Any], session: Session) -> Any:
+        """query-blockstats: the devices' nodes (or, with query-nodes, every named node);
+        no guest I/O is emulated yet, so the counters stay at zero."""
+        if args.get("query-nodes", False):  # every named node, oldest first, no device key
+            return [_stats_entry(n, None) for n in self.block.nodes.values()]
+        return [_stats_entry(node, dev) for dev, node in self._disks()]
+
+    # -- QOM -----------------------------------------------------------------------------------
+
+    def qom_list(self, args: dict[str, Any], session: Session) -> Any:
+        """qom-list of the containers libvirt reads."""
+        path = args["path"]
+        if path == "/machine/peripheral":
+            return [{"name": "type", "type": "string"}] + [
+                {"name": d.id, "type": f"child<{d.driver}>"} for d in self.devices.values()]
+        raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
+
+
+_ZERO_STATS: dict[str, Any] = {
+    "unmap_operations": 0, "unmap_merged": 0, "flush_total_time_ns": 0,
+    "wr_highest_offset": 0, "wr_total_time_ns": 0, "failed_wr_operations": 0,
+    "failed_rd_operations": 0, "wr_merged": 0, "wr_bytes": 0, "timed_stats": [],
+    "failed_unmap_operations": 0, "failed_flush_operations": 0, "account_invalid": False,
+    "rd_total_time_ns": 0, "invalid_unmap_operations": 0, "flush_operations": 0,
+    "wr_operations": 0, "unmap_bytes": 0, "rd_merged": 0, "rd_bytes": 0,
+    "unmap_total_time_ns": 0, "invalid_flush_operations": 0, "account_failed": False,
+    "rd_operations": 0, "invalid_wr_operations": 0, "invalid_rd_operations": 0}
+
+
+def _file_specific(node: BlockNode) -> dict[str, Any]:
+    return {"discard-bytes-ok": 0, "discard-nb-ok": 0, "driver": "file",
+            "discard-nb-failed": 0}
+
+
+def _stats_entry(node: BlockNode, dev: Device | None) -> dict[str, Any]:
+    """One BlockStats: a node's counters, its file child's under ``parent`` (QEMU's shape)."""
+    entry: dict[str, Any] = {"device": ""} if dev is not None else {}
+    if node.children:
+        child = node.children[0]
+        parent: dict[str, Any] = {"stats": dict(_ZERO_STATS), "node-name": child.node_name}
+        if child.driver == "file":
+            parent["driver-specific"] = _file_specific(child)
+        entry["parent"] = parent
+    entry["stats"] = dict(_ZERO_STATS, account_invalid=dev is not None,
+                          account_failed=dev is not None)
+    entry["node-name"] = node.node_name
+    if node.driver == "file":
+        entry["driver-specific"] = _file_specific(node)
+    if dev is not None:
+        entry["qdev"] = dev.block_qdev
+    return entry
