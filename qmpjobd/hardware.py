@@ -19,6 +19,7 @@ from .block.graph import BlockGraph
 from .block.nodes import BlockNode
 from .protocol.errors import QMPError
 from .protocol.session import Session
+from .qemu import data
 from .schema import Registry
 
 _VIRTIO_BLK = frozenset(("virtio-blk-pci", "virtio-blk-device", "virtio-blk-ccw"))
@@ -140,6 +141,7 @@ class Hardware:
         registry.register("query-block", self.query_block)
         registry.register("query-blockstats", self.query_blockstats)
         registry.register("qom-list", self.qom_list)
+        registry.register("qom-get", self.qom_get)
 
     # -- CPUs ------------------------------------------------------------------------------
 
@@ -195,12 +197,55 @@ class Hardware:
     # -- QOM -----------------------------------------------------------------------------------
 
     def qom_list(self, args: dict[str, Any], session: Session) -> Any:
-        """qom-list of the containers libvirt reads."""
+        """qom-list of the containers and vCPUs libvirt reads."""
         path = args["path"]
         if path == "/machine/peripheral":
             return [{"name": "type", "type": "string"}] + [
                 {"name": d.id, "type": f"child<{d.driver}>"} for d in self.devices.values()]
+        if self._vcpu_at(path) is not None:
+            return self._cpu_qom()["qom-list"]
         raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
+
+    def qom_get(self, args: dict[str, Any], session: Session) -> Any:
+        """qom-get of a vCPU property: QEMU 7.2's recorded value for the model, with this
+        vCPU's own topology ids."""
+        path, prop = args["path"], args["property"]
+        index = self._vcpu_at(path)
+        if index is None:
+            raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
+        own = self._cpu_props(index)
+        if prop in own:
+            return own[prop]
+        if prop == "apic-id":
+            return self._apic_id(index)
+        reply = self._cpu_qom()["qom-get"].get(prop)
+        if reply is None:
+            raise QMPError(f"Property '{self.cpu_model}-x86_64-cpu.{prop}' not found")
+        if "error" in reply:
+            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
+        value = reply["return"]
+        first = self._cpu_path(0) + "/"
+        if isinstance(value, str) and value.startswith(first):  # a child of this vCPU
+            return path + "/" + value[len(first):]
+        return value
+
+    def _vcpu_at(self, path: str) -> int | None:
+        for v in self._vcpus:
+            if self._cpu_path(v.index) == path:
+                return v.index
+        return None
+
+    def _apic_id(self, index: int) -> int:
+        """x86's APIC id: thread, core and socket in bit fields sized to the topology."""
+        thread_bits = (self.threads - 1).bit_length()
+        core_bits = (self.cores - 1).bit_length()
+        props = self._cpu_props(index)
+        return (props["socket-id"] << (core_bits + thread_bits)) \
+            | (props["core-id"] << thread_bits) | props["thread-id"]
+
+    def _cpu_qom(self) -> Any:
+        models = data.load("qemu72-x86_64-cpu.json")
+        return models.get(self.cpu_model, models["qemu64"])
 
 
 _ZERO_STATS: dict[str, Any] = {

@@ -278,6 +278,13 @@ def test_a_libvirt_domain_start_is_answered_as_qemu_answers(tmp_path: Path) -> N
         for name, args in START_QUERIES:
             want, got = qc.cmd(name, args), oc.cmd(name, args)
             assert _normalise(got) == _normalise(want), name
+        for vcpu in qc.cmd("query-cpus-fast")["return"]:  # libvirt reads every property
+            path = vcpu["qom-path"]
+            props = qc.cmd("qom-list", {"path": path})
+            assert oc.cmd("qom-list", {"path": path}) == props
+            for prop in props["return"]:
+                args = {"path": path, "property": prop["name"]}
+                assert oc.cmd("qom-get", args) == qc.cmd("qom-get", args), args
         for vcpu in oc.cmd("query-cpus-fast")["return"]:
             tid = vcpu["thread-id"]
             comm = Path(f"/proc/{ours.pid}/task/{tid}/comm").read_text()

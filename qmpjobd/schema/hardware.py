@@ -38,6 +38,7 @@ def declare(s: Schema) -> None:
     s.struct("ObjectPropertyInfo", {"name": "str", "type": "str", "*description": "str",
                                     "*default-value": "any"})
     s.command("qom-list", {"path": "str"}, returns=["ObjectPropertyInfo"])
+    s.command("qom-get", {"path": "str", "property": "str"}, returns="any")
 
     s.command("system_reset")
     s.command("system_powerdown")
