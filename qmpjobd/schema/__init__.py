@@ -5,7 +5,7 @@ Validation, ``query-commands`` and ``query-qmp-schema`` are all derived from it.
 
 from __future__ import annotations
 
-from . import block, core, jobs, migration
+from . import block, core, jobs, migration, qemu
 from .model import Command, Event, Schema
 from .registry import EventSink, Handler, Registry
 
@@ -20,5 +20,6 @@ def build_schema() -> Schema:
     jobs.declare(s)
     block.declare(s)
     migration.declare(s)
+    qemu.declare(s)
     s.check_all_refs()
     return s
