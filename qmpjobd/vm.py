@@ -27,6 +27,7 @@ from .jobs import commands as job_commands
 from .machine import Machine
 from .protocol import encode
 from .protocol.session import CAPABILITIES
+from .qemu import identity
 from .schema import Registry, build_schema
 from .schema.introspect import command_list, qmp_schema
 from .schema.model import Enum
@@ -71,6 +72,7 @@ class Vm:
         self.heartbeat = Heartbeat(self.migration)
         colo_commands.register(self.registry, self.migration, self.heartbeat)
         colo_stubs.register(self.registry, self.block, self.migration)
+        identity.register(self.registry)
         self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
         self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
         self.registry.register("query-commands", lambda args, session: self._introspect()[1])

@@ -5,7 +5,7 @@ Validation, ``query-commands`` and ``query-qmp-schema`` are all derived from it.
 
 from __future__ import annotations
 
-from . import block, core, hardware, jobs, migration
+from . import block, core, hardware, jobs, migration, qemu
 from .model import Command, Event, Schema
 from .registry import EventSink, Handler, Registry
 
@@ -21,5 +21,6 @@ def build_schema() -> Schema:
     block.declare(s)
     migration.declare(s)
     hardware.declare(s)
+    qemu.declare(s)
     s.check_all_refs()
     return s

@@ -7,12 +7,14 @@ from .model import Schema
 
 
 def declare(s: Schema) -> None:
-    """Add vCPU, chardev, iothread, uuid, query-block/-blockstats, qom-list and reset/powerdown."""
+    """Add vCPU, chardev, iothread, uuid, query-block/-blockstats, qom-list/-get and reset and
+    powerdown (ObjectPropertyInfo and SysEmuTarget come from schema/qemu.py)."""
     s.struct("CpuInstanceProperties", {
         "*node-id": "int", "*socket-id": "int", "*die-id": "int", "*cluster-id": "int",
         "*core-id": "int", "*thread-id": "int"})
     s.struct("CpuInfoFast", {"cpu-index": "int", "qom-path": "str", "thread-id": "int",
-                             "*props": "CpuInstanceProperties", "target": "str"})
+                             "*props": "CpuInstanceProperties",
+                             "target": "SysEmuTarget"})
     s.command("query-cpus-fast", returns=["CpuInfoFast"])
     s.struct("HotpluggableCPU", {"type": "str", "vcpus-count": "int",
                                  "props": "CpuInstanceProperties", "*qom-path": "str"})
@@ -35,8 +37,6 @@ def declare(s: Schema) -> None:
                             "*parent": "BlockStats", "*backing": "BlockStats"})
     s.command("query-blockstats", {"*query-nodes": "bool"}, returns=["BlockStats"])
 
-    s.struct("ObjectPropertyInfo", {"name": "str", "type": "str", "*description": "str",
-                                    "*default-value": "any"})
     s.command("qom-list", {"path": "str"}, returns=["ObjectPropertyInfo"])
     s.command("qom-get", {"path": "str", "property": "str"}, returns="any")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Alternate, Array, Builtin, Command, Enum, Object, Schema, Type, TypeRef
+from .model import Alternate, Array, Builtin, Command, Enum, Member, Object, Schema, Type, TypeRef
 
 
 class _Introspector:
@@ -69,18 +69,19 @@ class _Introspector:
         assert isinstance(typ, Object)
         members = list(typ.members)
         out: dict[str, Any] = {"name": name, "meta-type": "object",
-                               "members": [self._member(m.name, m.type, m.optional)
-                                           for m in members]}
+                               "members": [self._member(m) for m in members]}
         if typ.tag is not None:
             out["tag"] = typ.tag
             out["variants"] = [{"case": case, "type": self.use(v)}
                                for case, v in typ.variants.items()]
         return out
 
-    def _member(self, name: str, ref: TypeRef, optional: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "type": self.use(ref)}
-        if optional:
+    def _member(self, m: Member) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": m.name, "type": self.use(m.type)}
+        if m.optional:
             out["default"] = None
+        if m.features:
+            out["features"] = list(m.features)
         return out
 
 

@@ -8,14 +8,26 @@ texts and which name (full path or bare member name) each text uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from ..protocol.errors import QMPError
 
 TypeRef = str | list[str]
 """A type as written in a declaration: a name, or ``[name]`` for an array."""
+
+
+class MemberSpec(TypedDict):
+    """A member with features, in QAPI's long form: ``{'type': 'int', 'features': [...]}``."""
+
+    type: TypeRef
+    features: list[str]
+
+
+Members = Mapping[str, TypeRef | MemberSpec]
+"""Members as declared: ``'*name'`` marks an optional one; a value is a TypeRef or a
+MemberSpec."""
 
 # builtin name -> (json-type for introspection, introspection name, qtype)
 _BUILTINS: dict[str, tuple[str, str, str]] = {
@@ -135,14 +147,19 @@ class Member:
     name: str
     type: TypeRef
     optional: bool = False
+    features: list[str] = field(default_factory=list)
 
 
-def members_of(data: dict[str, TypeRef] | None) -> list[Member]:
+def members_of(data: Members | None) -> list[Member]:
     """QAPI member notation (``{'*opt': 'str', 'req': ['int']}``) to Member objects."""
     out = []
-    for key, typ in (data or {}).items():
+    for key, decl in (data or {}).items():
         opt = key.startswith("*")
-        out.append(Member(key[1:] if opt else key, typ, opt))
+        name = key[1:] if opt else key
+        if isinstance(decl, dict):
+            out.append(Member(name, decl["type"], opt, list(decl["features"])))
+        else:
+            out.append(Member(name, decl, opt))
     return out
 
 
@@ -275,11 +292,11 @@ class Schema:
         typ.values.append(value)
         return True
 
-    def struct(self, name: str, data: dict[str, TypeRef]) -> None:
+    def struct(self, name: str, data: Members) -> None:
         """Declare a struct."""
         self._add_type(Object(name, members_of(data)))
 
-    def union(self, name: str, base: dict[str, TypeRef], discriminator: str,
+    def union(self, name: str, base: Members, discriminator: str,
               data: dict[str, str]) -> None:
         """Declare a flat union: base members, a tag member, and a struct per tag value."""
         self._add_type(Object(name, members_of(base), discriminator, dict(data)))
@@ -288,7 +305,7 @@ class Schema:
         """Declare an alternate."""
         self._add_type(Alternate(name, list(choices)))
 
-    def command(self, name: str, data: dict[str, TypeRef] | str | None = None,
+    def command(self, name: str, data: Members | str | None = None,
                 returns: TypeRef | None = None, allow_oob: bool = False) -> None:
         """Declare a command; inline ``data`` becomes an implicit argument type."""
         args = self._implicit(f"q_obj_{name}-arg", data)
@@ -298,7 +315,7 @@ class Schema:
         self.commands[name] = cmd
         self.entities.append(cmd)
 
-    def event(self, name: str, data: dict[str, TypeRef] | str | None = None) -> None:
+    def event(self, name: str, data: Members | str | None = None) -> None:
         """Declare an event."""
         ev = Event(name, self._implicit(f"q_obj_{name}-arg", data))
         if name in self.events:
@@ -306,7 +323,7 @@ class Schema:
         self.events[name] = ev
         self.entities.append(ev)
 
-    def _implicit(self, name: str, data: dict[str, TypeRef] | str | None) -> str | None:
+    def _implicit(self, name: str, data: Members | str | None) -> str | None:
         if data is None or isinstance(data, str):
             return data
         self._add_type(Object(name, members_of(data)))
