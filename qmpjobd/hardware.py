@@ -93,8 +93,9 @@ class Hardware:
 
     def __init__(self, block: BlockGraph, *, cpus: int = 0, cpu_model: str = "qemu64",
                  uuid: str = "00000000-0000-0000-0000-000000000000", max_cpus: int = 0,
-                 topology: tuple[int, int, int] = (0, 0, 0)) -> None:
+                 topology: tuple[int, int, int] = (0, 0, 0), ram: int = 0) -> None:
         self.block = block
+        self.ram = ram
         self.max_cpus = max(cpus, max_cpus)
         _, cores, threads = topology
         self.threads = threads or 1
@@ -142,6 +143,8 @@ class Hardware:
         registry.register("query-blockstats", self.query_blockstats)
         registry.register("qom-list", self.qom_list)
         registry.register("qom-get", self.qom_get)
+        registry.register("balloon", self.balloon)
+        registry.register("query-balloon", self.query_balloon)
 
     # -- CPUs ------------------------------------------------------------------------------
 
@@ -193,6 +196,23 @@ class Hardware:
         if args.get("query-nodes", False):  # every named node, oldest first, no device key
             return [_stats_entry(n, None) for n in self.block.nodes.values()]
         return [_stats_entry(node, dev) for dev, node in self._disks()]
+
+    # -- memory balloon ------------------------------------------------------------------------
+
+    def _balloon_device(self) -> None:
+        if not any(d.driver.startswith("virtio-balloon") for d in self.devices.values()):
+            raise QMPError("No balloon device has been activated", "DeviceNotActive")
+
+    def balloon(self, args: dict[str, Any], session: Session) -> Any:
+        """balloon: the target is taken; no guest driver answers, so the size stays."""
+        self._balloon_device()
+        if args["value"] <= 0:
+            raise QMPError("Parameter 'target' expects a size")
+
+    def query_balloon(self, args: dict[str, Any], session: Session) -> Any:
+        """query-balloon: all of RAM (the emulated guest never gives any back)."""
+        self._balloon_device()
+        return {"actual": self.ram}
 
     # -- QOM -----------------------------------------------------------------------------------
 

@@ -61,13 +61,15 @@ class Vm:
         job_commands.register(self.registry, self.jobs)
         self.block = BlockGraph()
         block_commands.register(self.registry, self.block, self.jobs)
+        guest = guest or Guest()
         self.hardware = Hardware(self.block, cpus=cpus, cpu_model=cpu_model, uuid=uuid,
-                                 max_cpus=max_cpus, topology=topology)
+                                 max_cpus=max_cpus, topology=topology,
+                                 ram=guest.pages * guest.page_size)
         self.hardware.register(self.registry)
         if paused:
             self.machine.status = "prelaunch"
             self.machine.autostart = False
-        self.migration = Migration(self, self.machine, self.jobs, guest or Guest(),
+        self.migration = Migration(self, self.machine, self.jobs, guest,
                                    incoming=incoming, compat=compat, tls=colo_tls)
         self.heartbeat = Heartbeat(self.migration)
         colo_commands.register(self.registry, self.migration, self.heartbeat)

@@ -121,21 +121,25 @@ def libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                     "--no-deps", str(REPO)], check=True, timeout=300)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", str(REPO)], check=True,
                    timeout=300)
-    started: list[int] = []
+    ours: list[str] = []
+    """The pid files of the daemons started here (libvirtd may be restarted by a test)."""
     if not (virtlogd := _pid_of("/run/virtlogd.pid")) or not _alive(virtlogd):
         subprocess.run(["virtlogd", "-d"], check=True, timeout=30)
         _wait(lambda: _pid_of("/run/virtlogd.pid") is not None, "virtlogd")
-        started.append(_pid_of("/run/virtlogd.pid") or 0)
+        ours.append("/run/virtlogd.pid")
     if virsh("version", check=False).returncode != 0:
-        started.insert(0, _start_libvirtd(log))
+        _start_libvirtd(log)
+        ours.insert(0, "/run/libvirtd.pid")
     try:
         yield log
     finally:
         virsh("destroy", NAME, check=False)
         virsh("undefine", NAME, check=False)
-        for pid in started:
-            os.kill(pid, signal.SIGTERM)
-            _wait(lambda pid=pid: not _alive(pid), f"pid {pid} to exit")
+        for pidfile in ours:
+            pid = _pid_of(pidfile)
+            if pid is not None and _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                _wait(lambda pid=pid: not _alive(pid), f"pid {pid} to exit")
 
 
 def _domain_pid() -> int | None:

@@ -40,6 +40,11 @@ def declare(s: Schema) -> None:
     s.command("qom-list", {"path": "str"}, returns=["ObjectPropertyInfo"])
     s.command("qom-get", {"path": "str", "property": "str"}, returns="any")
 
+    s.command("balloon", {"value": "int"})
+    s.struct("BalloonInfo", {"actual": "int"})
+    s.command("query-balloon", returns="BalloonInfo")
+    s.event("BALLOON_CHANGE", {"actual": "int"})
+
     s.command("system_reset")
     s.command("system_powerdown")
     s.event("RESET", {"guest": "bool", "reason": "ShutdownCause"})
