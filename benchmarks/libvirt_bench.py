@@ -1,0 +1,127 @@
+"""libvirt with qmpjobd as its emulator, against QEMU 7.2 under TCG, same libvirt, same machine.
+
+Measures (medians of --runs, interleaved):
+- libvirt's capability probe of the emulator (its cache file removed, then
+  ``virsh domcapabilities --emulatorbin``);
+- ``virsh start`` until the domain runs (libvirt returns once it has sent ``cont``);
+- N domains on qmpjobd started at once (``--many``): the time until all run, and each
+  emulator's VmRSS once they all run.
+
+Needs root, libvirt (see tests/libvirttest.py) and qemu-system-x86_64.
+Usage: python3 benchmarks/libvirt_bench.py [--runs 5] [--many 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from libvirttest import DOMAIN, EMULATOR, IMAGES, daemons, install, pid_of, virsh, why_not
+
+QEMU = "/usr/bin/qemu-system-x86_64"
+CACHE = Path("/var/cache/libvirt/qemu/capabilities")
+
+
+def _cache_file(emulator: str) -> Path:
+    """libvirt names a binary's capability cache by the SHA-256 of its path."""
+    return CACHE / (hashlib.sha256(emulator.encode()).hexdigest() + ".xml")
+
+
+def probe(emulator: str) -> float:
+    _cache_file(emulator).unlink(missing_ok=True)
+    t = time.perf_counter()
+    virsh("domcapabilities", "--emulatorbin", emulator, "--virttype", "qemu")
+    return time.perf_counter() - t
+
+
+def define(name: str, emulator: str, tmp: Path) -> None:
+    image = IMAGES / f"{name}.raw"
+    image.write_bytes(b"\0" * (16 << 20))
+    xml = tmp / f"{name}.xml"
+    xml.write_text(DOMAIN.format(name=name, emulator=emulator, image=image))
+    virsh("define", str(xml))
+
+
+def start(name: str) -> float:
+    t = time.perf_counter()
+    virsh("start", name)
+    return time.perf_counter() - t
+
+
+def remove(name: str) -> None:
+    virsh("destroy", name, check=False)
+    virsh("undefine", name, check=False)
+    (IMAGES / f"{name}.raw").unlink(missing_ok=True)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--many", type=int, default=50)
+    args = ap.parse_args()
+    reason = why_not()
+    if reason is not None:
+        print(f"skipped: {reason}")
+        return 1
+    install()
+    emulators = {"qmpjobd": str(EMULATOR), "QEMU 7.2": QEMU}
+    with tempfile.TemporaryDirectory() as d, daemons(Path(d) / "libvirtd.log"):
+        tmp = Path(d)
+        probes: dict[str, list[float]] = {k: [] for k in emulators}
+        starts: dict[str, list[float]] = {k: [] for k in emulators}
+        for i in range(args.runs):
+            for label, emulator in emulators.items():
+                probes[label].append(probe(emulator))
+                name = f"bench-{'q' if emulator == QEMU else 'j'}{i}"
+                define(name, emulator, tmp)
+                try:
+                    starts[label].append(start(name))
+                finally:
+                    remove(name)
+        print("| measure | qmpjobd | QEMU 7.2 (TCG) | ratio |")
+        print("|---|---|---|---|")
+        for title, data in (("capability probe", probes), ("virsh start -> running", starts)):
+            ours, qemu = statistics.median(data["qmpjobd"]), statistics.median(data["QEMU 7.2"])
+            print(f"| {title} (median of {args.runs}) | {ours * 1000:.0f} ms | "
+                  f"{qemu * 1000:.0f} ms | {ours / qemu:.2f} |")
+
+        names = [f"bench-m{i}" for i in range(args.many)]
+        for name in names:
+            define(name, str(EMULATOR), tmp)
+        try:
+            t = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=args.many) as pool:
+                list(pool.map(start, names))
+            total = time.perf_counter() - t
+            rss = [rss_mb(pid) for name in names
+                   if (pid := pid_of(f"/run/libvirt/qemu/{name}.pid")) is not None]
+            running = sum(virsh("domstate", n).stdout.strip() == "running" for n in names)
+        finally:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(remove, names))
+        print(f"\n{args.many} domains on qmpjobd started at once: {running} running after "
+              f"{total:.1f} s; VmRSS per emulator median {statistics.median(rss):.1f} MB, "
+              f"max {max(rss):.1f} MB")
+    subprocess.run(["sync"], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
