@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import grp
 import logging
 import os
@@ -14,7 +12,6 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from . import __version__, config, plugins
@@ -22,6 +19,7 @@ from .address import AddressError, parse_host_port
 from .colo.guest import PATTERNS, Guest, Workload
 from .jobs.core import DEFAULT_SHUTDOWN_GRACE
 from .paths import default_socket
+from .runtime import loop_factory, tune_malloc
 from .server import Access, Limits, Server, StartupError
 from .server.trace import Tracer
 from .tls import TlsFiles
@@ -184,36 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("debug", "info", "warning", "error"), help="stderr log level")
     p.add_argument("--version", action="version", version=f"qmpjobd {__version__}")
     return p
-
-
-def tune_malloc() -> None:
-    """Serve big buffers from mmap so memory goes back to the OS once a huge message is done.
-
-    glibc otherwise raises its mmap threshold after the first large free (up to 32 MiB), and
-    later multi-megabyte messages then stay in the heap; RSS would not come back down.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 256 * 1024)
-    mallopt(m_trim_threshold, 1024 * 1024)
-
-
-def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
-    """The event loop constructor to use, and its name for the log."""
-    if kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                msg = "qmpjobd: --loop uvloop given but uvloop is not installed"
-                raise SystemExit(msg) from None
-        else:
-            return uvloop.new_event_loop, "uvloop"
-    return asyncio.new_event_loop, "asyncio"
 
 
 def _uid(name: str) -> int:

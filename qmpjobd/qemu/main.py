@@ -23,12 +23,12 @@ from typing import Any
 import orjson
 
 from .. import __version__
-from ..cli import loop_factory, tune_malloc
 from ..colo.guest import Guest
 from ..errors import QmpjobdError
 from ..hardware import Chardev as HwChardev
 from ..hardware import Device
 from ..protocol.errors import QMPError
+from ..runtime import loop_factory, tune_malloc
 from ..server import Access, Server, StartupError
 from ..vm import Vm
 from . import cmdline
