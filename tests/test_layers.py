@@ -79,8 +79,9 @@ def _allowed(mod: str, allowed: tuple[str, ...]) -> bool:
     (("health", "watch"), ("qmpjobd.client", "qmpjobd.address", "qmpjobd.paths",
                            "qmpjobd.errors")),
     (("qemu/cmdline",), ("qmpjobd.errors",)),
+    (("hmp",), ("qmpjobd.hmp", "qmpjobd.protocol", "qmpjobd.schema", "qmpjobd.errors")),
 ], ids=["errors+paths", "address", "client", "protocol", "schema", "server", "health+watch",
-        "qemu-cmdline"])
+        "qemu-cmdline", "hmp"])
 def test_imports_point_downward(layer: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     wrong = {f"{p.relative_to(PKG)} imports {m}" for p in _files(*layer)
              for m in _daemon_imports(p) if not _allowed(m, allowed)}
