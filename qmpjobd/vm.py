@@ -22,6 +22,7 @@ from .colo.guest import Guest
 from .colo.heartbeat import Heartbeat
 from .colo.migration import Migration
 from .hardware import Hardware
+from .hmp import build as build_hmp
 from .jobs import JobRegistry
 from .jobs import commands as job_commands
 from .machine import Machine
@@ -73,8 +74,11 @@ class Vm:
                                    incoming=incoming, compat=compat, tls=colo_tls)
         self.heartbeat = Heartbeat(self.migration)
         colo_commands.register(self.registry, self.migration, self.heartbeat)
-        colo_stubs.register(self.registry, self.block, self.migration)
         identity.register(self.registry)
+        self.hmp = build_hmp(self.registry)
+        """human-monitor-command: QEMU 7.2's HMP over the QMP handlers registered here."""
+        self.registry.register("human-monitor-command", self.hmp.human_monitor_command)
+        colo_stubs.register(self.registry, self.block, self.hmp)
         self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None
         self.registry.register("query-qmp-schema", lambda args, session: self._introspect()[0])
         self.registry.register("query-commands", lambda args, session: self._introspect()[1])

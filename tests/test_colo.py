@@ -509,7 +509,7 @@ def test_colo_ft_sequence_replays(tmp_path: object) -> None:
         ("human-monitor-command", {"command-line": "drive_add -n buddy driver=replication,"
                                    "mode=primary,file.driver=nbd,file.host=127.0.0.2,"
                                    "file.port=9999,file.export=parent0,"
-                                   "node-name=replication0"}, "OK\r\n"),
+                                   "node-name=replication0"}, ""),  # 7.2: no OK with -n
         ("x-blockdev-change", {"parent": "colo-disk0", "node": "replication0"},
          (nf, "Cannot find device='colo-disk0' nor node-name='colo-disk0'")),
         ("migrate-set-capabilities", {"capabilities": [{"capability": "x-colo",

@@ -206,7 +206,8 @@ def test_primary_side_details_as_qemu(daemon: object) -> None:
     c.ok("stop")
     assert c.ok("human-monitor-command", {"command-line": "info status"}) == \
         "VM status: paused\r\n"
-    assert "OK" in c.ok("human-monitor-command", {"command-line": "drive_add -n 'x"})
+    assert c.ok("human-monitor-command", {"command-line": "drive_add -n 'x"}) == (
+        'drive_add: string expected\r\nTry "help drive_add" for more information\r\n')
 
 
 def test_delay_fault_then_failover_ends_cleanly(pair: Pair) -> None:

@@ -81,8 +81,9 @@ def _allowed(mod: str, allowed: tuple[str, ...]) -> bool:
     (("qemu/cmdline",), ("qmpjobd.errors",)),
     (("qemu/identity",), ("qmpjobd.schema", "qmpjobd.protocol", "qmpjobd.errors")),
     (("qemu/record",), ("qmpjobd.client", "qmpjobd.address", "qmpjobd.errors")),
+    (("hmp",), ("qmpjobd.hmp", "qmpjobd.protocol", "qmpjobd.schema", "qmpjobd.errors")),
 ], ids=["errors+paths", "address", "client", "protocol", "schema", "server", "health+watch",
-        "qemu-cmdline", "qemu-identity", "qemu-record"])
+        "qemu-cmdline", "qemu-identity", "qemu-record", "hmp"])
 def test_imports_point_downward(layer: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     wrong = {f"{p.relative_to(PKG)} imports {m}" for p in _files(*layer)
              for m in _daemon_imports(p) if not _allowed(m, allowed)}

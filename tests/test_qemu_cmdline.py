@@ -248,7 +248,10 @@ def _normalise(value: object) -> object:
     return value
 
 
-def _start_domain(cmd: list[str], tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], Client]:
+def _start_domain(cmd: list[str], tmp: Path, name: str,
+                  extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], Client]:
+    """The libvirt domain of :func:`domain_args` (and ``extra`` options) on ``cmd``, its
+    monitor negotiated; files are ``tmp/NAME.sock`` and ``tmp/NAME.raw``."""
     path = str(tmp / f"{name}.sock")
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind(path)
@@ -258,7 +261,7 @@ def _start_domain(cmd: list[str], tmp: Path, name: str) -> tuple[subprocess.Pope
     image.write_bytes(b"\0" * (16 << 20))
     proc = subprocess.Popen([*cmd, *domain_args(image, [
         "-chardev", f"socket,id=charmonitor,fd={fd},server=on,wait=off",
-        "-mon", "chardev=charmonitor,id=monitor,mode=control"])], pass_fds=(fd,),
+        "-mon", "chardev=charmonitor,id=monitor,mode=control"]), *extra], pass_fds=(fd,),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lsock.close()
     c = Client(path, timeout=20)

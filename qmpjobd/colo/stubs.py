@@ -7,15 +7,16 @@ texts when something named does not exist.  The COLO-FT sequence therefore repla
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..block.graph import BlockGraph
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Handler, Registry
-from .migration import Migration
+
+if TYPE_CHECKING:
+    from ..hmp import Hmp, Monitor
 
 
 class Recorded:
@@ -30,8 +31,9 @@ class Recorded:
         self.log: list[tuple[str, dict[str, Any]]] = []
 
 
-def register(registry: Registry, block: BlockGraph, mig: Migration) -> Recorded:
-    """Attach the no-op commands; returns the record they keep."""
+def register(registry: Registry, block: BlockGraph, hmp: Hmp) -> Recorded:
+    """Attach the no-op commands (QMP, and HMP's drive_add -n and drive_del); returns the
+    record they keep."""
     rec = Recorded()
 
     def known(name: str) -> bool:
@@ -61,37 +63,6 @@ def register(registry: Registry, block: BlockGraph, mig: Migration) -> Recorded:
             raise QMPError("NBD server not running")
         rec.nbd_running = False
         rec.exports.clear()
-
-    def hmp(args: dict[str, Any]) -> str:
-        line = args["command-line"].strip()
-        words = line.split(None, 1)
-        cmd = words[0] if words else ""
-        rest = words[1] if len(words) > 1 else ""
-        if cmd == "info" and rest.strip() == "status":
-            status = mig.machine.status
-            state = "running" if mig.machine.running else \
-                "paused" if status == "paused" else f"paused ({status})"
-            return f"VM status: {state}\r\n"
-        if cmd == "drive_add":
-            node = _option(rest, "node-name") or _option(rest, "id")
-            if node:
-                rec.drives.add(node)
-            return "OK\r\n"
-        if cmd == "drive_del":
-            name = rest.strip()
-            if name in rec.drives:
-                rec.drives.discard(name)
-                return ""
-            return f"Device '{name}' not found\r\n"
-        if cmd == "x_colo_lost_heartbeat":
-            try:
-                mig.lost_heartbeat()
-            except QMPError as e:
-                return f"Error: {e.desc}\r\n"
-            return ""
-        if not cmd:
-            return ""
-        return f"unknown command: '{cmd}'\r\n"
 
     def blockdev_change(args: dict[str, Any]) -> None:
         parent = args["parent"]
@@ -134,7 +105,7 @@ def register(registry: Registry, block: BlockGraph, mig: Migration) -> Recorded:
 
     handlers: dict[str, Any] = {
         "nbd-server-start": nbd_start, "nbd-server-add": nbd_add, "nbd-server-stop": nbd_stop,
-        "human-monitor-command": hmp, "x-blockdev-change": blockdev_change,
+        "x-blockdev-change": blockdev_change,
         "object-add": object_add, "object-del": object_del, "chardev-add": chardev_add,
         "chardev-remove": chardev_remove, "xen-set-replication": xen_set_replication,
         "query-xen-replication-status": lambda args: {"error": False},
@@ -142,6 +113,34 @@ def register(registry: Registry, block: BlockGraph, mig: Migration) -> Recorded:
     }
     for name, fn in handlers.items():
         registry.register(name, _recorder(rec, name, fn))
+
+    def drive_add(mon: Monitor, args: dict[str, Any]) -> None:
+        """hmp_drive_add(): with -n a node from QemuOpts that must have a node-name (QEMU
+        then opens it; here it is recorded); without, a drive QEMU answers OK for."""
+        opts, warnings = _qemu_opts(args["opts"])
+        for text in warnings:
+            mon.printf(text)
+        rec.log.append(("drive_add", args))
+        if args.get("node", False):
+            if "node-name" not in opts:
+                mon.printf("'node-name' needs to be specified\n")
+                return
+            rec.drives.add(opts["node-name"])
+            return
+        if "id" in opts:
+            rec.drives.add(opts["id"])
+        mon.printf("OK\n")
+
+    def drive_del(mon: Monitor, args: dict[str, Any]) -> None:
+        """hmp_drive_del() of a drive drive_add recorded; QEMU's text for any other."""
+        rec.log.append(("drive_del", args))
+        if args["id"] not in rec.drives:
+            mon.printf(f"Device '{args['id']}' not found\n")
+            return
+        rec.drives.discard(args["id"])
+
+    hmp.implement("drive_add", "node:-n,pci_addr:s,opts:s", drive_add)
+    hmp.implement("drive_del", "id:B", drive_del)
     return rec
 
 
@@ -153,12 +152,36 @@ def _recorder(rec: Recorded, name: str, fn: Callable[[dict[str, Any]], Any]) -> 
     return handler
 
 
-def _option(text: str, key: str) -> str | None:
-    try:
-        parts = shlex.split(text.replace(",", " "))
-    except ValueError:  # an unbalanced quote: no such option
-        return None
-    for part in parts:
-        if part.startswith(key + "="):
-            return part[len(key) + 1:]
-    return None
+def _qemu_opts(text: str) -> tuple[dict[str, str], list[str]]:
+    """QemuOpts' ``key=value,...`` (``,,`` is a comma in a value); a bare ``key`` is
+    ``key=on`` (``nokey``: ``key=off``) with 7.2's deprecation warning."""
+    opts: dict[str, str] = {}
+    warnings: list[str] = []
+    p = 0
+    while p < len(text):
+        end = p
+        while end < len(text) and text[end] not in "=,":
+            end += 1
+        name = text[p:end]
+        if end == len(text) or text[end] == ",":
+            prefix, value = ("no", "off") if name.startswith("no") else ("", "on")
+            name = name[len(prefix):]
+            if name not in ("help", "?"):
+                warnings.append(f"warning: short-form boolean option '{prefix}{name}' "
+                                "deprecated\n")
+                warnings.append(f"Please use {name}={value} instead\n")
+            p = end + 1
+        else:
+            chars: list[str] = []
+            p = end + 1
+            while p < len(text):
+                if text[p] == ",":
+                    if text[p + 1:p + 2] != ",":
+                        break
+                    p += 1
+                chars.append(text[p])
+                p += 1
+            value = "".join(chars)
+            p += 1
+        opts[name] = value
+    return opts, warnings

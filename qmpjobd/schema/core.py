@@ -33,6 +33,9 @@ def declare(s: Schema) -> None:
     s.command("query-version", returns="VersionInfo")
     s.struct("CommandInfo", {"name": "str"})
     s.command("query-commands", returns=["CommandInfo"])
+    # the human monitor (qmpjobd/hmp/); 7.2 also lists feature savevm-monitor-nodes
+    s.command("human-monitor-command", {"command-line": "str", "*cpu-index": "int"},
+              returns="str")
     s.enum("QMPCapability", QMPCapability)
     s.command("qmp_capabilities", {"*enable": ["QMPCapability"]})
 

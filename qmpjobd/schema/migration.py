@@ -109,8 +109,6 @@ def declare(s: Schema) -> None:
     s.command("nbd-server-add", {"device": "str", "*name": "str", "*description": "str",
                                  "*writable": "bool", "*bitmap": "str"})
     s.command("nbd-server-stop")
-    s.command("human-monitor-command", {"command-line": "str", "*cpu-index": "int"},
-              returns="str")
     s.command("x-blockdev-change", {"parent": "str", "*child": "str", "*node": "str"})
     s.command("object-add", {"qom-type": "str", "id": "str", "*props": "any",
                              "*insert": "str", "*position": "str", "*netdev": "str",
