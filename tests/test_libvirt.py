@@ -73,7 +73,7 @@ def test_a_domain_lives_its_life_on_qmpjobd(libvirt: Path, tmp_path: Path) -> No
     name = orjson.loads(virsh("qemu-monitor-command", NAME, '{"execute":"query-name"}').stdout)
     assert name["return"] == {"name": NAME}
     hmp = virsh("qemu-monitor-command", NAME, "--hmp", "info status").stdout
-    assert hmp == "VM status: running\n\n"
+    assert hmp.strip() == "VM status: running"
     assert "Attached to:      /machine/peripheral/virtio-disk0/virtio-backend" in virsh(
         "qemu-monitor-command", NAME, "--hmp", "info block").stdout
 
