@@ -63,15 +63,16 @@ class _Vcpu:
         self.tid = 0
         self._ready = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"CPU {index}/TCG", daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> None:
+    def start(self, accel: str) -> None:
+        self._thread.name = f"CPU {self.index}/{accel}"
         self._thread.start()
         self._ready.wait()
 
     def _run(self) -> None:
         self.tid = threading.get_native_id()
-        _set_thread_name(f"CPU {self.index}/TCG")
+        _set_thread_name(self._thread.name)
         self._ready.set()
         self._stop.wait()
 
@@ -104,6 +105,8 @@ class Hardware:
         self.uuid = uuid
         self.devices: dict[str, Device] = {}
         self.chardevs: list[Chardev] = []
+        self.accel = "TCG"
+        """The accelerator's name in the vCPU threads' names (QEMU's debug-threads)."""
         self._vcpus = [_Vcpu(i) for i in range(cpus)]
         self._started = False
 
@@ -123,7 +126,7 @@ class Hardware:
         if not self._started:
             self._started = True
             for v in self._vcpus:
-                v.start()
+                v.start(self.accel)
 
     def close(self) -> None:
         """Stop the vCPU threads."""

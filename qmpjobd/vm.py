@@ -74,7 +74,7 @@ class Vm:
                                    incoming=incoming, compat=compat, tls=colo_tls)
         self.heartbeat = Heartbeat(self.migration)
         colo_commands.register(self.registry, self.migration, self.heartbeat)
-        identity.register(self.registry)
+        self.identity = identity.register(self.registry)
         self.hmp = build_hmp(self.registry)
         """human-monitor-command: QEMU 7.2's HMP over the QMP handlers registered here."""
         self.registry.register("human-monitor-command", self.hmp.human_monitor_command)

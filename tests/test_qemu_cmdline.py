@@ -370,3 +370,28 @@ def test_powerdown_without_no_shutdown_ends_the_process(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
+@pytest.mark.parametrize("accel", ["kvm:tcg", "tcg"])
+def test_the_accelerator_is_chosen_as_qemu_chooses(accel: str, tmp_path: Path) -> None:
+    """libvirt probes with accel=kvm:tcg, then tcg: query-kvm must say what QEMU says on this
+    host (KVM in use when /dev/kvm opens), or libvirt keeps probing again."""
+    assert QEMU is not None
+    answers = []
+    for cmd, name in (([QEMU], "qemu"), (LAUNCH, "ours")):
+        sock = tmp_path / f"{name}.sock"
+        proc = subprocess.Popen([*cmd, "-S", "-no-user-config", "-nodefaults", "-nographic",
+                                 "-machine", f"none,accel={accel}",
+                                 "-qmp", f"unix:{sock},server=on,wait=off"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_socket(str(sock), proc)
+            c = Client(str(sock))
+            c.negotiate()
+            answers.append((c.cmd("query-kvm"), c.cmd("human-monitor-command",
+                                                      {"command-line": "info kvm"})))
+        finally:
+            proc.kill()
+            proc.wait()
+    assert answers[1] == answers[0]

@@ -26,9 +26,10 @@ DATA = "data/qemu72-x86_64.json"
 
 KVM = {"enabled": False, "present": True}
 """query-kvm as QEMU 7.2 answers under TCG: KVM compiled in (``present`` is
-``accel_find("kvm")``, not /dev/kvm) but not in use, so libvirt offers TCG only and keeps its
-capability cache (a probe that reports KVM enabled makes libvirt probe again and again on a
-host where its libvirt-qemu user cannot open /dev/kvm)."""
+``accel_find("kvm")``, not /dev/kvm) but not in use.  ``Identity.kvm_enabled`` is set when
+the command line asked for KVM and /dev/kvm opened, as QEMU's accelerator choice goes:
+libvirt compares ``enabled`` with whether its libvirt-qemu user can use /dev/kvm, and probes
+again at every lookup while they differ."""
 
 _ERROR_CLASSES: dict[str, ErrorClass] = {c: c for c in get_args(ErrorClass)}
 
@@ -114,6 +115,8 @@ class Identity:
 
     def __init__(self, load: Callable[[], Recording] = recording) -> None:
         self._load = load
+        self.kvm_enabled = False
+        """Whether the accelerator in use is KVM (see :data:`KVM`)."""
 
     @property
     def rec(self) -> Recording:
@@ -124,8 +127,8 @@ class Identity:
         return lambda args, session: self.rec.answer(command, args)
 
     def query_kvm(self, args: Args, session: Session) -> Any:
-        """query-kvm: TCG, KVM not in use (see :data:`KVM`)."""
-        return dict(KVM)
+        """query-kvm: KVM compiled in; in use only if the accelerator chosen was KVM."""
+        return {**KVM, "enabled": self.kvm_enabled}
 
     def qom_list_types(self, args: Args, session: Session) -> Any:
         """qom-list-types: a subsequence of the full list, in QEMU's order; an interface's

@@ -95,14 +95,37 @@ def _fd_socket(dev: Chardev) -> socket.socket:
     return socket.socket(fileno=dev.fd)
 
 
+def kvm_usable() -> bool:
+    """Whether this process can open /dev/kvm read-write, as QEMU's KVM start-up needs."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
+def choose_accel(cfg: QemuConfig) -> str:
+    """The first accelerator of ``-accel``/``-machine accel=`` that starts (QEMU tries them
+    in order; TCG always starts, KVM when /dev/kvm opens); TCG when none is named."""
+    for accel in cfg.accel or ["tcg"]:
+        if accel == "tcg" or (accel == "kvm" and kvm_usable()):
+            return accel
+    if cfg.accel == ["kvm"]:
+        raise Failed("-accel kvm: failed to initialize kvm: No such file or directory")
+    raise Failed("no accelerator found")
+
+
 def build_vm(cfg: QemuConfig) -> Vm:
     """The Vm a QEMU command line describes; Failed with QEMU's text for a bad -blockdev."""
+    accel = choose_accel(cfg)
     guest = Guest(cfg.ram, side=1)
     has_guest = cfg.machine != "none"
     vm = Vm(version=QEMU_VERSION, package=f"qmpjobd {__version__}", name=cfg.name,
             guest=guest, incoming=cfg.incoming, paused=cfg.paused,
             cpus=cfg.cpus if has_guest else 0, cpu_model=cfg.cpu or "qemu64", uuid=cfg.uuid,
             max_cpus=cfg.max_cpus if has_guest else 0, topology=cfg.topology)
+    vm.identity.kvm_enabled = accel == "kvm"
+    vm.hardware.accel = accel.upper()
     vm.machine.guest_acpi = has_guest
     vm.machine.no_shutdown = cfg.no_shutdown
     add = vm.schema.commands["blockdev-add"]
