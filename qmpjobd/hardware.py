@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,14 @@ class Device:
     drive: str | None = None
     props: dict[str, Any] = field(default_factory=dict)
 
+    anon: int = -1
+    """For a device without an id, its index among those (QOM's peripheral-anon)."""
+
     @property
     def qom_path(self) -> str:
-        """Where QOM puts a device with an id."""
+        """Where QOM puts the device: by id, or under peripheral-anon without one."""
+        if not self.id:
+            return f"/machine/peripheral-anon/device[{self.anon}]"
         return f"/machine/peripheral/{self.id}"
 
     @property
@@ -82,11 +88,21 @@ class _Vcpu:
             self._thread.join(5)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """libc, looked up once (find_library runs ldconfig)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _set_thread_name(name: str) -> None:
     """prctl(PR_SET_NAME): the name ps and /proc show, as QEMU's debug-threads gives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)
+    libc = _libc()
+    with contextlib.suppress(AttributeError):
+        if libc is not None:
+            libc.prctl(15, name.encode()[:15], 0, 0, 0)
 
 
 class Hardware:
@@ -112,14 +128,16 @@ class Hardware:
 
     def add_device(self, dev: Device) -> None:
         """Attach a device; its drive must name an existing node (QEMU's texts otherwise)."""
-        if dev.id in self.devices:
+        if not dev.id:
+            dev.anon = sum(1 for d in self.devices.values() if not d.id)
+        elif dev.id in self.devices:
             raise QMPError(f"Duplicate device ID '{dev.id}'")
         if dev.drive is not None:
             node = self.block.lookup(dev.drive)
             if any(d.drive == node.node_name for d in self.devices.values()):
                 raise QMPError(f"Property '{dev.driver}.drive' can't take value "
                                f"'{dev.drive}': Node '{dev.drive}' is already in use")
-        self.devices[dev.id] = dev
+        self.devices[dev.id or dev.qom_path] = dev
 
     def start(self) -> None:
         """Start the vCPU threads (needs no event loop)."""
@@ -224,7 +242,8 @@ class Hardware:
         path = args["path"]
         if path == "/machine/peripheral":
             return [{"name": "type", "type": "string"}] + [
-                {"name": d.id, "type": f"child<{d.driver}>"} for d in self.devices.values()]
+                {"name": d.id, "type": f"child<{d.driver}>"} for d in self.devices.values()
+                if d.id]
         if self._vcpu_at(path) is not None:
             return self._cpu_qom()["qom-list"]
         raise QMPError(f"Device '{path}' not found", "DeviceNotFound")

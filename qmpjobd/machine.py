@@ -40,6 +40,8 @@ class Machine:
         ending the process."""
         self.on_poweroff: Callable[[], None] | None = None
         """Ends the process when the guest powers off without ``-no-shutdown``."""
+        self.ending = False
+        """quit or a signal has begun ending the process: the guest no longer powers off."""
 
     def register(self, registry: Registry) -> None:
         """Attach this machine's command handlers."""
@@ -111,7 +113,7 @@ class Machine:
 
     def guest_poweroff(self) -> None:
         """The guest shut itself down: SHUTDOWN, then STOP with ``-no-shutdown``, else exit."""
-        if self.status == "shutdown":
+        if self.status == "shutdown" or self.ending:
             return
         self.events.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
         if self.no_shutdown:
@@ -129,6 +131,7 @@ class Machine:
 
     def quit(self, args: dict[str, Any], session: Session) -> Any:
         """quit: SHUTDOWN to everyone, then the reply, then the daemon exits."""
+        self.ending = True
         self.events.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
         if self.on_quit is not None:
             return self.on_quit()  # may be awaitable: the reply waits for it

@@ -145,6 +145,7 @@ class Vm:
         log.info("received %s, shutting down", signame)
         if self._stopping is not None:
             return
+        self.machine.ending = True
         self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
         self.jobs.shutdown()  # no new job from here on, before any other request is read
 

@@ -41,6 +41,9 @@ class Side:
         text = text.replace(self.prefix, "<domain>")
         text = text.replace(str(self.tmp), "<tmp>")
         text = re.sub(r"thread_id=\d+", "thread_id=<tid>", text)
+        text = re.sub(r"pty:/dev/pts/\d+", "pty:<pts>", text)
+        if text.startswith("char"):  # info chardev: QEMU's order is its hash table's
+            text = "".join(sorted(text.splitlines(keepends=True)))
         if self.package:  # info version: "7.2.22" then the package string
             text = text.replace(f"7.2.22{self.package}\r\n", "7.2.22<package>\r\n")
         return text

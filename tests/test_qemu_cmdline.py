@@ -3,6 +3,7 @@ libvirt's probe mode (-daemonize, -pidfile) and domain mode (a passed monitor de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,6 +39,8 @@ REFUSED = [
     ["-mon", "chardev=nope,mode=control"],
     ["-chardev", "socket,id=c,fd=99,server=on,wait=off"],
     ["-blockdev", "{"],
+    ["-chardev", "socket,id=c,path=/tmp/qmpjobd-test-refused.sock,server=on,wait=off",
+     "-mon", "chardev=c,mode=control", "-mon", "chardev=c,mode=control"],
 ]
 
 
@@ -121,8 +124,8 @@ def test_probe_mode_daemonizes_once_the_monitor_accepts(tmp_path: Path) -> None:
     sock, pidfile = tmp_path / "mon.sock", tmp_path / "qemu.pid"
     done = run_front(["-S", "-no-user-config", "-nodefaults", "-nographic",
                       "-machine", "none,accel=kvm:tcg",
-                      "-qmp", f"unix:{sock},server=on,wait=off",
-                      "-pidfile", str(pidfile), "-daemonize"])
+                      "-qmp", "unix:mon.sock,server=on,wait=off",
+                      "-pidfile", "qemu.pid", "-daemonize"], cwd=tmp_path)  # relative, as QEMU
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     pid = int(pidfile.read_text())
     assert pidfile.read_text() == f"{pid}\n" and (pidfile.stat().st_mode & 0o777) == 0o600
@@ -143,6 +146,54 @@ def test_probe_mode_daemonizes_once_the_monitor_accepts(tmp_path: Path) -> None:
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
     assert not sock.exists() and not pidfile.exists()
+
+
+def test_quit_racing_a_powerdown_gives_one_shutdown(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.sock")
+    proc = subprocess.Popen([*LAUNCH, "-machine", "pc", "-qmp",
+                             f"unix:{path},server=on,wait=off"], stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(path, proc)
+        c = Client(path)
+        c.negotiate()
+        c.send(b'{"execute":"system_powerdown"}\n{"execute":"quit"}\n')
+        got = []
+        with contextlib.suppress(EOFError, ConnectionError):
+            while True:
+                m = c.recv()
+                got.append((m.get("event"), (m.get("data") or {}).get("reason")))
+        assert [e for e, _ in got if e == "SHUTDOWN"] == ["SHUTDOWN"]
+        assert ("SHUTDOWN", "host-qmp-quit") in got
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_passed_socket_that_is_only_bound_is_made_to_listen(tmp_path: Path) -> None:
+    path = str(tmp_path / "bound.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    fd = sock.fileno()
+    proc = subprocess.Popen([*LAUNCH, "-S", "-chardev", f"socket,id=m,fd={fd},server=on",
+                             "-mon", "chardev=m,mode=control"], pass_fds=(fd,),
+                            stderr=subprocess.PIPE)
+    sock.close()
+    try:
+        wait_for_socket(path, proc)
+        c = Client(path)
+        c.negotiate()
+        assert c.cmd("query-status")["return"]["status"] == "prelaunch"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_monitor_on_a_pty_is_refused(tmp_path: Path) -> None:
+    got = run_front(["-S", "-chardev", "pty,id=m", "-mon", "chardev=m,mode=control"])
+    assert got.returncode == 1
+    assert "a QMP monitor must be a socket chardev here" in got.stderr
 
 
 def test_a_locked_pidfile_is_refused(tmp_path: Path) -> None:
@@ -224,7 +275,9 @@ def domain_args(image: Path, monitor: list[str]) -> list[str]:
         "-device", '{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x2",'
                    '"drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1}',
         "-audiodev", '{"id":"audio1","driver":"none"}',
-        "-device", "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x3", "-msg", "timestamp=on"]
+        "-device", "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x3",
+        "-chardev", "pty,id=charserial0", "-device", "isa-serial,chardev=charserial0,id=serial0",
+        "-device", "virtio-rng-pci,bus=pci.0,addr=0x4", "-msg", "timestamp=on"]
 
 
 START_QUERIES = [
@@ -285,6 +338,9 @@ def test_a_libvirt_domain_start_is_answered_as_qemu_answers(tmp_path: Path) -> N
             if name == "qom-list":  # QEMU lists children in its hash table's order
                 for reply in (want, got):
                     reply["return"].sort(key=lambda p: (p["type"] != "string", p["name"]))
+            if name == "query-chardev":  # the same: chardevs are children of /chardevs
+                for reply in (want, got):
+                    reply["return"].sort(key=lambda c: c["label"])
             assert _normalise(got) == _normalise(want), name
         for vcpu in qc.cmd("query-cpus-fast")["return"]:  # libvirt reads every property
             path = vcpu["qom-path"]

@@ -251,6 +251,8 @@ def parse(argv: list[str]) -> QemuConfig:
         ref = spec.get("chardev", "")
         if ref not in cfg.chardevs:
             raise CmdlineError(f'-mon {arg}: chardev "{ref}" not found')
+        if any(m.id == ref for m in cfg.monitors):
+            raise CmdlineError(f"-mon {arg}: Device '{ref}' is in use")
         if spec.get("mode", "readline") == "control":
             cfg.monitors.append(cfg.chardevs[ref])
         else:

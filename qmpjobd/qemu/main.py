@@ -57,7 +57,7 @@ class PidFile:
     """QEMU's pidfile: created 0600, locked, holding ``PID\\n``, removed at exit."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = os.path.abspath(path)  # removed at exit, after the daemon's chdir("/")
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -92,7 +92,10 @@ def _fd_socket(dev: Chardev) -> socket.socket:
         st = None
     if st is None or not stat.S_ISSOCK(st.st_mode):
         raise Failed(f"{dev.origin}: File descriptor '{dev.fd}' is not a socket")
-    return socket.socket(fileno=dev.fd)
+    sock = socket.socket(fileno=dev.fd)
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.listen(1)  # a bound socket QEMU would make listen itself
+    return sock
 
 
 def kvm_usable() -> bool:
@@ -118,7 +121,11 @@ def choose_accel(cfg: QemuConfig) -> str:
 def build_vm(cfg: QemuConfig) -> Vm:
     """The Vm a QEMU command line describes; Failed with QEMU's text for a bad -blockdev."""
     accel = choose_accel(cfg)
-    guest = Guest(cfg.ram, side=1)
+    try:
+        guest = Guest(-(-cfg.ram // 8192) * 8192 or 128 << 20, side=1)
+    except (ValueError, OSError) as e:
+        raise Failed(f"cannot set up guest memory 'pc.ram': {getattr(e, 'strerror', None) or e}") \
+            from None
     has_guest = cfg.machine != "none"
     vm = Vm(version=QEMU_VERSION, package=f"qmpjobd {__version__}", name=cfg.name,
             guest=guest, incoming=cfg.incoming, paused=cfg.paused,
@@ -162,35 +169,56 @@ async def serve(cfg: QemuConfig, ready: int | None, pidfile: PidFile | None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, vm.signal_stop, sig.name)
-    vm.start()
+    ptys: list[int] = []
     try:
+        vm.start()
         passed = {dev.id: _fd_socket(dev) for dev in cfg.chardevs.values() if dev.fd is not None}
-        for dev in cfg.monitors:
-            if dev.fd is not None:
+        monitors = {dev.id for dev in cfg.monitors}
+        used = monitors | {str(d["chardev"]) for d in cfg.devices if "chardev" in d}
+        for dev in cfg.chardevs.values():
+            if dev.id in monitors and dev.backend != "socket":
+                raise Failed(f"{dev.origin}: a QMP monitor must be a socket chardev here")
+            if dev.backend == "pty":
+                master, slave = os.openpty()
+                ptys += (master, slave)
+                where = f"pty:{os.ttyname(slave)}"
+                sys.stderr.write(f"char device redirected to {where[4:]} (label {dev.id})\n")
+            elif dev.backend != "socket":
+                where = dev.backend
+            elif dev.fd is not None:
                 sock = passed[dev.id]
-                await server.adopt(sock)
-                where = f"unix:{sock.getsockname()}" if sock.family == socket.AF_UNIX \
-                    else "tcp:{}:{}".format(*sock.getsockname()[:2])
+                if dev.id in monitors:
+                    await server.adopt(sock)
+                name = sock.getsockname()
+                where = (f"unix:{name}" if sock.family == socket.AF_UNIX
+                         else "tcp:{}:{}".format(*name[:2])) + ",server=on"
             elif dev.path is not None:
-                await server.listen_unix(dev.path)
-                where = f"unix:{dev.path}"
+                if dev.id in monitors:  # absolute: the daemon's chdir("/") comes later
+                    await server.listen_unix(os.path.abspath(dev.path))
+                where = f"unix:{dev.path},server=on"
             else:
-                await server.listen_tcp(dev.host or "127.0.0.1", int(dev.port or 0))
-                where = f"tcp:{dev.host}:{dev.port}"
-            vm.hardware.chardevs.append(HwChardev(dev.id, f"{where},server=on", True))
-    except (StartupError, Failed, OSError, ValueError) as e:
+                if dev.id in monitors:
+                    await server.listen_tcp(dev.host or "127.0.0.1", int(dev.port or 0))
+                where = f"tcp:{dev.host}:{dev.port},server=on"
+            vm.hardware.chardevs.append(HwChardev(dev.id, where, dev.id in used))
+    except (StartupError, Failed, OSError, ValueError, QMPError) as e:
         await server.close()
         vm.close()
-        raise Failed(str(e)) from None
+        for fd in ptys:
+            os.close(fd)
+        raise Failed(e.desc if isinstance(e, QMPError) else str(e)) from None
     if pidfile is not None:
         pidfile.write()
     if ready is not None:
+        os.chdir("/")  # as QEMU's os_setup_post: relative paths were opened by now
         _detach_stdio()
         os.write(ready, b"\0")
         os.close(ready)
     await vm.stopped.wait()
     await server.close()
     vm.close()
+    for fd in ptys:
+        os.close(fd)
     return 0
 
 
@@ -215,7 +243,6 @@ def _daemonize() -> int:
     if os.fork() > 0:
         os._exit(0)
     os.umask(0o027)
-    os.chdir("/")
     return wfd
 
 
