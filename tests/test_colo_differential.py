@@ -83,6 +83,19 @@ def _settle(c: EvClient, since: int, want: int) -> None:
         c.events.append(msg)
 
 
+class QemuClient(EvClient):
+    """EvClient for the reference QEMU.  Seen once in eight full runs: a freshly started
+    QEMU 7.2 sent its greeting twice on the first connection to its monitor, so the reply
+    to qmp_capabilities came one message late.  A repeated greeting is skipped on this side
+    only (qmpjobd's side stays strict)."""
+
+    def recv_reply(self) -> Any:
+        while True:
+            msg = super().recv_reply()
+            if "QMP" not in msg:
+                return msg
+
+
 def play(c: EvClient, case: dict[str, Any]) -> list[Played]:
     """Send every step of ``case`` to ``c``; what came back."""
     out = []
@@ -144,7 +157,7 @@ def test_case_live_against_qemu(tmp_path: Any, case: dict[str, Any]) -> None:
     path = os.path.join(str(tmp_path), "qemu.sock")
     qemu = Daemon([QEMU, "-M", "none", "-nodefaults", "-display", "none", *case["argv_extra"],
                    "-qmp", f"unix:{path},server=on,wait=off"], path, single_client=True)
-    theirs = play(EvClient(qemu.path), case)
+    theirs = play(QemuClient(qemu.path), case)
     d = start_qmpjobd(str(tmp_path), *_daemon_argv(case))
     ours = play(EvClient(d.path), case)
     assert compare(case["name"], ours, [(p.reply, p.events) for p in theirs]) > 0
