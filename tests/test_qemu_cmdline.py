@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,10 @@ def test_probe_mode_daemonizes_once_the_monitor_accepts(tmp_path: Path) -> None:
     assert not sock.exists() and not pidfile.exists()
 
 
-def test_quit_racing_a_powerdown_gives_one_shutdown(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _pc_machine(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Client, str]]:
+    """qmpjobd-system-x86_64 -machine pc with a -qmp monitor: the process, a negotiated
+    client and the socket path; killed at the end if it is still running."""
     path = str(tmp_path / "m.sock")
     proc = subprocess.Popen([*LAUNCH, "-machine", "pc", "-qmp",
                              f"unix:{path},server=on,wait=off"], stderr=subprocess.PIPE)
@@ -156,6 +160,15 @@ def test_quit_racing_a_powerdown_gives_one_shutdown(tmp_path: Path) -> None:
         wait_for_socket(path, proc)
         c = Client(path)
         c.negotiate()
+        yield proc, c, path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_quit_racing_a_powerdown_gives_one_shutdown(tmp_path: Path) -> None:
+    with _pc_machine(tmp_path) as (proc, c, _):
         c.send(b'{"execute":"system_powerdown"}\n{"execute":"quit"}\n')
         got = []
         with contextlib.suppress(EOFError, ConnectionError):
@@ -165,10 +178,6 @@ def test_quit_racing_a_powerdown_gives_one_shutdown(tmp_path: Path) -> None:
         assert [e for e, _ in got if e == "SHUTDOWN"] == ["SHUTDOWN"]
         assert ("SHUTDOWN", "host-qmp-quit") in got
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_passed_socket_that_is_only_bound_is_made_to_listen(tmp_path: Path) -> None:
@@ -407,13 +416,7 @@ def test_powerdown_powers_the_guest_off(tmp_path: Path) -> None:
 
 
 def test_powerdown_without_no_shutdown_ends_the_process(tmp_path: Path) -> None:
-    path = str(tmp_path / "m.sock")
-    proc = subprocess.Popen([*LAUNCH, "-machine", "pc", "-qmp",
-                             f"unix:{path},server=on,wait=off"], stderr=subprocess.PIPE)
-    try:
-        wait_for_socket(path, proc)
-        c = Client(path)
-        c.negotiate()
+    with _pc_machine(tmp_path) as (proc, c, path):
         got = [m.get("event", m.get("return"))
                for m in c.exchange(b'{"execute":"system_powerdown"}')]
         assert got == ["POWERDOWN", {}]
@@ -422,10 +425,6 @@ def test_powerdown_without_no_shutdown_ends_the_process(tmp_path: Path) -> None:
                                                           "reason": "guest-shutdown"})
         assert proc.wait(10) == 0
         assert not Path(path).exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
