@@ -163,6 +163,20 @@ def _cvt4hex(s: bytes, i: int) -> int:
     return int(chunk, 16)
 
 
+def _u_codepoint(raw: bytes, i: int) -> tuple[int, int]:
+    """The code point of a ``\\uXXXX`` whose hex digits start at ``i``, a high surrogate
+    joined with the ``\\u`` low surrogate that follows (-1 when that one is not a low
+    surrogate), and where the escape ends."""
+    cp = _cvt4hex(raw, i)
+    i += 4
+    if 0xD800 <= cp <= 0xDBFF and raw[i:i + 2] == b"\\u":
+        trailing = _cvt4hex(raw, i + 2)
+        if 0xDC00 <= trailing <= 0xDFFF:
+            return 0x10000 + ((cp & 0x3FF) << 10) | (trailing & 0x3FF), i + 6
+        return -1, i
+    return cp, i
+
+
 def parse_string_reference(raw: bytes) -> str:
     """json-parser.c parse_string(), byte by byte: what string_steps() is tested against."""
     quote = raw[0]
@@ -177,16 +191,7 @@ def parse_string_reference(raw: bytes) -> str:
             if esc in _ESCAPES:
                 out.append(_ESCAPES[esc])
             elif esc == 0x75:  # 'u'
-                cp = _cvt4hex(raw, i)
-                i += 4
-                if 0xD800 <= cp <= 0xDBFF and raw[i:i + 2] == b"\\u":
-                    cp = 0x10000 + ((cp & 0x3FF) << 10)
-                    trailing = _cvt4hex(raw, i + 2)
-                    if 0xDC00 <= trailing <= 0xDFFF:
-                        cp |= trailing & 0x3FF
-                        i += 6
-                    else:
-                        cp = -1
+                cp, i = _u_codepoint(raw, i)
                 if not valid_codepoint(cp):
                     text = qemu_text(raw[beg:min(i, len(raw))])
                     raise _Fail(f"{text} is not a valid Unicode character")
@@ -294,16 +299,7 @@ def _decode_escape(raw: bytes) -> tuple[str, int]:
         if raw[1] in _ESCAPES:
             return _ESCAPES[raw[1]], 2
         raise _Fail("invalid escape sequence in string")
-    cp = _cvt4hex(raw, 2)
-    i = 6
-    if 0xD800 <= cp <= 0xDBFF and raw[i:i + 2] == b"\\u":
-        cp = 0x10000 + ((cp & 0x3FF) << 10)
-        trailing = _cvt4hex(raw, i + 2)
-        if 0xDC00 <= trailing <= 0xDFFF:
-            cp |= trailing & 0x3FF
-            i += 6
-        else:
-            cp = -1
+    cp, i = _u_codepoint(raw, 2)
     if not valid_codepoint(cp):
         raise _Fail(f"{qemu_text(raw[:min(i, len(raw))])} is not a valid Unicode character")
     return chr(cp), i
