@@ -9,9 +9,6 @@ that block node in ``query-block`` and ``query-blockstats``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +18,7 @@ from .block.nodes import BlockNode
 from .protocol.errors import QMPError
 from .protocol.session import Session
 from .qemu import data
+from .runtime import libc
 from .schema import Registry
 
 _VIRTIO_BLK = frozenset(("virtio-blk-pci", "virtio-blk-device", "virtio-blk-ccw"))
@@ -88,21 +86,10 @@ class _Vcpu:
             self._thread.join(5)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """libc, looked up once (find_library runs ldconfig)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
 def _set_thread_name(name: str) -> None:
     """prctl(PR_SET_NAME): the name ps and /proc show, as QEMU's debug-threads gives it."""
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            libc.prctl(15, name.encode()[:15], 0, 0, 0)
+    with contextlib.suppress(AttributeError, OSError):
+        libc().prctl(15, name.encode()[:15], 0, 0, 0)
 
 
 class Hardware:

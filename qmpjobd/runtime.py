@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
+import functools
 from collections.abc import Callable
+from typing import Any
+
+
+@functools.cache
+def libc() -> Any:
+    """The C library's functions (prctl, mallopt, malloc_trim), from the symbols this process
+    has already loaded: no find_library, which would run ldconfig at start-up."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def tune_malloc() -> None:
@@ -17,8 +25,7 @@ def tune_malloc() -> None:
     later multi-megabyte messages then stay in the heap; RSS would not come back down.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = libc().mallopt
     except (OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold = -1, -3

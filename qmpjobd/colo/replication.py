@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -69,6 +68,13 @@ class Host(Protocol):
         """A replication run ended with COLO_EXIT error (auto-failover may act on it)."""
 
 
+
+def _median(values: list[float]) -> float:
+    """The median of sorted ``values`` (statistics.median, without importing statistics and
+    its fractions and decimal at every start)."""
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
 class Metrics:
     """Checkpoint and failover figures of this daemon (x-query-colo-metrics)."""
 
@@ -101,11 +107,11 @@ class Metrics:
         out: dict[str, Any] = {"checkpoints": self.checkpoints}
         if d:
             out.update({"downtime-last-ms": round(self.downtimes[-1], 3),
-                        "downtime-median-ms": round(statistics.median(d), 3),
+                        "downtime-median-ms": round(_median(d), 3),
                         "downtime-p90-ms": round(d[min(len(d) - 1, int(len(d) * 0.9))], 3),
                         "downtime-max-ms": round(d[-1], 3)})
         if self.periods:
-            out["period-median-ms"] = round(statistics.median(self.periods), 3)
+            out["period-median-ms"] = round(_median(sorted(self.periods)), 3)
         out.update({"ram-bytes-last": self.ram_bytes, "device-bytes-last": self.device_bytes,
                     "dirty-pages-last": self.dirty_pages,
                     "reverted-pages-last": self.reverted_pages})

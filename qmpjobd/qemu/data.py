@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import os
 from typing import Any
 
 import orjson
 
-DIR = Path(__file__).with_name("data")
+DIR = os.path.join(os.path.dirname(__file__), "data")
+
+
+def path(name: str) -> str:
+    """Where a data file is (os.path: pathlib costs milliseconds at start-up)."""
+    return os.path.join(DIR, name)
 
 
 @functools.cache
 def load(name: str) -> Any:
     """A data file by name (``qemu72-x86_64-cpu.json``), parsed."""
-    return orjson.loads((DIR / name).read_bytes())
+    with open(path(name), "rb") as f:
+        return orjson.loads(f.read())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from importlib import resources
 from typing import Any, get_args
 
 import orjson
@@ -20,6 +19,7 @@ import orjson
 from ..protocol.errors import ErrorClass, QMPError
 from ..protocol.session import Session
 from ..schema import Registry
+from . import data
 
 DATA = "data/qemu72-x86_64.json"
 """The recording, as package data of qmpjobd.qemu."""
@@ -107,7 +107,8 @@ def parse(text: str | bytes) -> Recording:
 @functools.cache
 def recording() -> Recording:
     """The shipped recording, read once per process on first use."""
-    return parse(resources.files("qmpjobd.qemu").joinpath(DATA).read_bytes())
+    with open(data.path(DATA.removeprefix("data/")), "rb") as f:
+        return parse(f.read())
 
 
 class Identity:

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import errno
-import functools
-import ipaddress
 import logging
 import os
 import socket
@@ -28,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import QmpjobdError
 from ..protocol import encode
 from ..protocol.jsonstream import MAX_TOKEN_SIZE
+from ..runtime import libc
 from .connection import Connection
 from .trace import Tracer
 
@@ -351,24 +348,19 @@ TRIM_AFTER = 1 << 20
 """Unread output a departing client must leave behind for the heap to be trimmed."""
 
 
-@functools.cache
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 def _malloc_trim() -> None:
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    try:
+        trim = libc().malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
+    import ipaddress  # only TCP listeners ask; it costs a millisecond at every start
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
