@@ -108,13 +108,21 @@ def test_a_libvirt_domain_line_is_understood() -> None:
                                                  "audiodev", "sandbox", "msg"}
 
 
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+def _status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict ({} once the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _wait_gone(pid: int, timeout: float = 10.0, zombie: bool = True) -> None:
+    """Wait until ``pid`` has ended: exited (a zombie counts unless ``zombie`` is false,
+    which asks for it to be reaped too)."""
     deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists():
-        status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
-        if "State:\tZ" in status:
-            return
-        assert time.monotonic() < deadline, f"pid {pid} still running"
+    while (status := _status(pid)) and not (zombie and status["State"].startswith("Z")):
+        assert time.monotonic() < deadline, f"pid {pid} still there: {status['State']}"
         time.sleep(0.02)  # not our child (daemonized): nothing to wait on but /proc
 
 
@@ -138,11 +146,18 @@ def test_probe_mode_daemonizes_once_the_monitor_accepts(tmp_path: Path) -> None:
         for fd in (0, 1, 2):
             assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
         assert os.getsid(pid) != os.getsid(0) and os.readlink(f"/proc/{pid}/cwd") == "/"
+        # Its parent is not init but the session's leader, which holds nothing open and
+        # reaps it the moment it ends (libvirt polls kill(pid, 0) until the pid is gone).
+        reaper = _status(pid)["PPid"]
+        assert reaper != "1" and os.getsid(int(reaper)) == os.getsid(pid) == int(reaper)
+        assert {os.readlink(f"/proc/{reaper}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{reaper}/fd")} == {"/dev/null"}
         os.kill(pid, signal.SIGTERM)
         ev = c.recv()
         assert ev["event"] == "SHUTDOWN" and ev["data"] == {"guest": False,
                                                             "reason": "host-signal"}
-        _wait_gone(pid)
+        _wait_gone(pid, zombie=False)  # reaped, not left for init
+        _wait_gone(int(reaper))
     finally:
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)

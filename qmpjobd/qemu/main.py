@@ -18,7 +18,7 @@ import signal
 import socket
 import stat
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -232,7 +232,9 @@ def _detach_stdio() -> None:
 
 def _daemonize() -> int:
     """QEMU's os_daemonize: the caller's process waits for the daemon's status byte and exits
-    with it; returns (in the daemon, a grandchild in its own session) the pipe to report on."""
+    with it; returns (in the daemon, a grandchild in its own session) the pipe to report on.
+
+    Unlike QEMU, the session leader stays, as the daemon's parent (see :func:`_reap`)."""
     rfd, wfd = os.pipe()
     if os.fork() > 0:
         os.close(wfd)
@@ -240,10 +242,28 @@ def _daemonize() -> int:
         os._exit(0 if status == b"\0" else 1)
     os.close(rfd)
     os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
+    daemon = os.fork()
+    if daemon > 0:
+        _reap(daemon)
     os.umask(0o027)
     return wfd
+
+
+def _reap(daemon: int) -> NoReturn:
+    """Wait for the daemon and exit with its status.
+
+    A daemon whose parent has exited is reaped by init; until then it is a zombie, and
+    ``kill(pid, 0)`` still finds it.  libvirt polls just that after it stops a probe
+    process, and under an init that reaps late (a container's PID 1) each probe then waits
+    seconds.  So the parent stays, holding nothing (stdio on /dev/null, every other
+    descriptor closed, the daemon's stop signals ignored), and reaps the daemon at once."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _detach_stdio()
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    _, status = os.waitpid(daemon, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)  # a signal as the shells report it
 
 
 def main(argv: list[str] | None = None) -> int:
