@@ -102,8 +102,8 @@ def main() -> None:
         p99 = rtts[int(len(rtts) * 0.99)] * 1e3
         print(f"loop {a.loop}, {a.clients} non-reading clients, {a.rounds * 1000} events "
               f"in {flood_s:.1f} s")
-        print("| baseline RSS MB | peak RSS MB | RSS {:.0f} s after close MB | healthy rtt "
-              "p50 / p99 / max ms |".format(a.settle))
+        print(f"| baseline RSS MB | peak RSS MB | RSS {a.settle:.0f} s after close MB "
+              "| healthy rtt p50 / p99 / max ms |")
         print("|---|---|---|---|")
         print(f"| {base / 1024:.1f} | {peak / 1024:.1f} | {after / 1024:.1f} | "
               f"{statistics.median(rtts) * 1e3:.2f} / {p99:.2f} / {rtts[-1] * 1e3:.2f} |")
