@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -91,13 +92,33 @@ def alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def start_libvirtd(log: Path, debug: bool = True) -> int:
+REAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+subprocess.run(sys.argv[1:], check=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+"""Runs a command as a child subreaper that reaps every orphan below it at once, as systemd
+does for a service: ``libvirtd -d`` under it sees its ended processes vanish promptly."""
+
+
+def start_libvirtd(log: Path, debug: bool = True, prompt_reaper: bool = False) -> int:
     """libvirtd in the background, logging to ``log`` (with every monitor message if
-    ``debug``: for a test's post-mortem, not for timing); returns its pid."""
+    ``debug``: for a test's post-mortem, not for timing); returns its pid.  With
+    ``prompt_reaper`` it runs under :data:`REAPER` instead of leaving its orphans to PID 1."""
     conf = log.with_suffix(".conf")
     filters = "1:qemu.qemu_monitor 1:qemu.qemu_process 3:*" if debug else "3:*"
     conf.write_text(f'log_filters="{filters}"\nlog_outputs="1:file:{log}"\n')
-    subprocess.run(["libvirtd", "-d", "-f", str(conf)], check=True, timeout=30)
+    cmd = ["libvirtd", "-d", "-f", str(conf)]
+    if prompt_reaper:  # the reaper leaves once libvirtd and every orphan have ended
+        subprocess.Popen([sys.executable, "-c", REAPER, *cmd], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        subprocess.run(cmd, check=True, timeout=30)
     wait(lambda: SOCK.exists() and virsh("version", check=False).returncode == 0,
          "libvirtd to serve qemu:///system")
     pid = pid_of("/run/libvirtd.pid")
@@ -141,22 +162,22 @@ def kvm_as_debian() -> Iterator[None]:
 
 
 @contextmanager
-def daemons(log: Path, debug: bool = True) -> Iterator[None]:
+def daemons(log: Path, debug: bool = True, prompt_reaper: bool = False) -> Iterator[None]:
     """virtlogd and libvirtd running (started here unless already up; those started here are
     stopped at the end, by their pid files, as a test may restart libvirtd), with /dev/kvm
     as on a Debian host."""
     with kvm_as_debian():
-        yield from _daemons(log, debug)
+        yield from _daemons(log, debug, prompt_reaper)
 
 
-def _daemons(log: Path, debug: bool) -> Iterator[None]:
+def _daemons(log: Path, debug: bool, prompt_reaper: bool = False) -> Iterator[None]:
     ours: list[str] = []
     if not (virtlogd := pid_of("/run/virtlogd.pid")) or not alive(virtlogd):
         subprocess.run(["virtlogd", "-d"], check=True, timeout=30)
         wait(lambda: pid_of("/run/virtlogd.pid") is not None, "virtlogd")
         ours.append("/run/virtlogd.pid")
     if virsh("version", check=False).returncode != 0:
-        start_libvirtd(log, debug)
+        start_libvirtd(log, debug, prompt_reaper)
         ours.insert(0, "/run/libvirtd.pid")
     try:
         yield
