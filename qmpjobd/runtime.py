@@ -5,17 +5,9 @@ other's options."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
 from collections.abc import Callable
-from typing import Any
 
-
-@functools.cache
-def libc() -> Any:
-    """The C library's functions (prctl, mallopt, malloc_trim), from the symbols this process
-    has already loaded: no find_library, which would run ldconfig at start-up."""
-    return ctypes.CDLL(None, use_errno=True)
+from .libc import libc
 
 
 def tune_malloc() -> None:

@@ -70,19 +70,21 @@ def _allowed(mod: str, allowed: tuple[str, ...]) -> bool:
 
 
 @pytest.mark.parametrize(("layer", "allowed"), [
-    (("errors", "paths"), ()),
+    (("errors", "paths", "libc"), ()),
     (("address",), ("qmpjobd.errors",)),
     (("client",), ("qmpjobd.address", "qmpjobd.errors")),
     (("protocol",), ("qmpjobd.protocol", "qmpjobd.errors")),
     (("schema",), ("qmpjobd.schema", "qmpjobd.protocol", "qmpjobd.errors")),
-    (("server",), ("qmpjobd.server", "qmpjobd.protocol", "qmpjobd.schema", "qmpjobd.errors")),
+    (("server",), ("qmpjobd.server", "qmpjobd.protocol", "qmpjobd.schema", "qmpjobd.errors",
+                   "qmpjobd.libc")),
     (("health", "watch"), ("qmpjobd.client", "qmpjobd.address", "qmpjobd.paths",
                            "qmpjobd.errors")),
     (("qemu/cmdline",), ("qmpjobd.errors",)),
-    (("qemu/identity",), ("qmpjobd.schema", "qmpjobd.protocol", "qmpjobd.errors")),
+    (("qemu/identity",), ("qmpjobd.schema", "qmpjobd.protocol", "qmpjobd.errors",
+                          "qmpjobd.qemu.data")),
     (("qemu/record",), ("qmpjobd.client", "qmpjobd.address", "qmpjobd.errors")),
     (("hmp",), ("qmpjobd.hmp", "qmpjobd.protocol", "qmpjobd.schema", "qmpjobd.errors")),
-], ids=["errors+paths", "address", "client", "protocol", "schema", "server", "health+watch",
+], ids=["errors+paths+libc", "address", "client", "protocol", "schema", "server", "health+watch",
         "qemu-cmdline", "qemu-identity", "qemu-record", "hmp"])
 def test_imports_point_downward(layer: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     wrong = {f"{p.relative_to(PKG)} imports {m}" for p in _files(*layer)

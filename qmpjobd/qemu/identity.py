@@ -19,7 +19,7 @@ import orjson
 from ..protocol.errors import ErrorClass, QMPError
 from ..protocol.session import Session
 from ..schema import Registry
-from . import data
+from .data import path as data_path
 
 DATA = "data/qemu72-x86_64.json"
 """The recording, as package data of qmpjobd.qemu."""
@@ -107,7 +107,7 @@ def parse(text: str | bytes) -> Recording:
 @functools.cache
 def recording() -> Recording:
     """The shipped recording, read once per process on first use."""
-    with open(data.path(DATA.removeprefix("data/")), "rb") as f:
+    with open(data_path(DATA.removeprefix("data/")), "rb") as f:
         return parse(f.read())
 
 

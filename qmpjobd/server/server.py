@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QmpjobdError
+from ..libc import libc
 from ..protocol import encode
 from ..protocol.jsonstream import MAX_TOKEN_SIZE
-from ..runtime import libc
 from .connection import Connection
 from .trace import Tracer
 
