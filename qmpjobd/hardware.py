@@ -15,13 +15,20 @@ from typing import Any
 
 from .block.graph import BlockGraph
 from .block.nodes import BlockNode
+from .libc import libc
 from .protocol.errors import QMPError
 from .protocol.session import Session
 from .qemu import data
-from .runtime import libc
 from .schema import Registry
 
 _VIRTIO_BLK = frozenset(("virtio-blk-pci", "virtio-blk-device", "virtio-blk-ccw"))
+_BLOCK_PROXIES = frozenset(("virtio-blk-pci", "virtio-blk-ccw"))
+"""Devices whose id names a proxy: the backend belongs to the virtio device inside."""
+
+
+def _flag(value: Any) -> bool:
+    """A qdev bool property as JSON or QemuOpts gives it (true, "on", "yes"...)."""
+    return value is True or (isinstance(value, str) and value in ("on", "yes", "true", "y"))
 
 
 @dataclass
@@ -125,6 +132,52 @@ class Hardware:
                 raise QMPError(f"Property '{dev.driver}.drive' can't take value "
                                f"'{dev.drive}': Node '{dev.drive}' is already in use")
         self.devices[dev.id or dev.qom_path] = dev
+
+    # -- qemu-io targets (HMP) ---------------------------------------------------------------
+
+    def io_target(self, name: str, qdev: bool) -> tuple[BlockNode, Device | None]:
+        """hmp_qemu_io()'s lookup: with ``qdev`` a device id (its own backend), else a node
+        name (under a new anonymous backend); QEMU's texts when there is none."""
+        if qdev:
+            dev = self.devices.get(name)
+            if dev is None:
+                raise QMPError(f"Device '{name}' not found", "DeviceNotFound")
+            if dev.drive is None or dev.driver in _BLOCK_PROXIES or \
+                    dev.drive not in self.block.nodes:
+                raise QMPError("Device does not have a block device backend")
+            return self.block.nodes[dev.drive], dev
+        node = self.block.nodes.get(name)
+        if node is None:
+            raise QMPError(f"Cannot find device='' nor node-name='{name}'")
+        return node, None
+
+    def write_refusal(self, node: BlockNode, dev: Device | None) -> str | None:
+        """Why a qemu-io write on ``node`` is refused, as QEMU's permission check says it: a
+        device (without share-rw) or a format node above it that does not share writes,
+        or a read-only node.  ``dev``: the write goes through that device's own backend."""
+        if dev is None:
+            blocker = self._write_blocker(node)
+            if blocker is not None:
+                n = node.node_name
+                return (f"Permission conflict on node '{n}': permissions 'write' are both "
+                        f"required by an unnamed block device (uses node '{n}' as 'root' "
+                        f"child) and unshared by {blocker}.")
+        if node.read_only:
+            return "Block node is read-only"
+        return None
+
+    def _write_blocker(self, node: BlockNode) -> str | None:
+        """The first user of ``node`` that does not share write permission, in QEMU's words."""
+        for dev in self.devices.values():
+            if dev.drive == node.node_name and not _flag(dev.props.get("share-rw", False)):
+                return (f"block device '{dev.block_qdev}' (uses node '{node.node_name}' as "
+                        "'root' child)")
+        for parent in node.parents:
+            if self._write_blocker(parent) is not None:
+                role = "image" if parent.driver == "blkdebug" else "file"
+                return (f"node '{parent.node_name}' (uses node '{node.node_name}' as "
+                        f"'{role}' child)")
+        return None
 
     def start(self) -> None:
         """Start the vCPU threads (needs no event loop)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .block import commands as block_commands
+from .block import hmp as block_hmp
 from .block.graph import BlockGraph
 from .colo import commands as colo_commands
 from .colo import stubs as colo_stubs
@@ -77,6 +78,7 @@ class Vm:
         self.identity = identity.register(self.registry)
         self.hmp = build_hmp(self.registry)
         """human-monitor-command: QEMU 7.2's HMP over the QMP handlers registered here."""
+        block_hmp.register(self.hmp, self.hardware)
         self.registry.register("human-monitor-command", self.hmp.human_monitor_command)
         colo_stubs.register(self.registry, self.block, self.hmp)
         self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None

@@ -113,6 +113,7 @@ class BlockGraph:
         node.cache = {"no-flush": cache.get("no-flush", False),
                       "direct": cache.get("direct", False), "writeback": True}
         node.detect_zeroes = opts.get("detect-zeroes", "off")
+        node.unmap = opts.get("discard", "ignore") == "unmap"
         node.monitor_owned = top
         node.depth = 1 + max((c.depth for c in node.children), default=0)
         if node.depth > MAX_DEPTH:

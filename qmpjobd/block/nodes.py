@@ -6,6 +6,7 @@ the event loop never waits on a disk.  Errors are OSError with the errno QEMU wo
 
 from __future__ import annotations
 
+import ctypes
 import errno as errnos
 import itertools
 import os
@@ -15,8 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..libc import libc
 from ..protocol.encode import qemu_dumps
 from ..protocol.request import qdict_order
+
+FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE = 0x01, 0x02
 
 
 class BlockNode:
@@ -44,6 +48,9 @@ class BlockNode:
         """Longest chain of nodes from here down (bounded by the graph)."""
         self.monitor_owned = False
         """Added by blockdev-add itself (not an inline child): only these can be deleted."""
+        self.unmap = False
+        """``discard: unmap``: discard requests reach the layer below (QEMU's BDRV_O_UNMAP,
+        checked at every layer); with the default ``ignore`` they stop here."""
 
     @property
     def length(self) -> int:
@@ -58,6 +65,15 @@ class BlockNode:
     def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
         """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread."""
         raise NotImplementedError
+
+    def discard(self, offset: int, length: int) -> None:
+        """Discard a range (in a worker thread): passed down when this node unmaps."""
+        if self.unmap and self.children:
+            self.children[0].discard(self._child_offset(offset), length)
+
+    def _child_offset(self, offset: int) -> int:
+        """Where ``offset`` lies in the first child."""
+        return offset
 
     def actual_size(self) -> int | None:
         """Allocated bytes on the host, or None where QEMU reports none."""
@@ -151,6 +167,16 @@ class FileNode(BlockNode):
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
+    def discard(self, offset: int, length: int) -> None:
+        """Punch a hole (reads of it give zeros), when this node unmaps."""
+        if not self.unmap or not length:
+            return
+        if libc().fallocate(self.fd, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE,
+                            ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+            err = ctypes.get_errno()
+            if err not in (errnos.EOPNOTSUPP, errnos.ENOSYS):  # no holes here: nothing done
+                raise OSError(err, os.strerror(err))
+
     def hold(self) -> None:
         """A worker thread is about to use the descriptor: a close waits for it."""
         with self._lock:
@@ -241,6 +267,9 @@ class RawNode(BlockNode):
 
     def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
         self.children[0].pwrite(self.offset + offset, data, event=True)
+
+    def _child_offset(self, offset: int) -> int:
+        return self.offset + offset
 
     def plain_file(self) -> FileNode | None:
         return self.children[0].plain_file() if self.offset == 0 and self.size is None else None
