@@ -337,12 +337,7 @@ def _read_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None
             pattern = parse_pattern(value)
         elif c == "s":
             pattern_offset = _number(value)
-    if len(rest) != 2:
-        raise Usage
-    offset = _number(rest[0])
-    count = _number(rest[1])
-    if count > REQUEST_MAX:
-        raise Failed(f"length cannot exceed {REQUEST_MAX}, given {rest[1]}\n")
+    offset, count = _range(rest)
     if "P" not in flags and ("l" in flags or "s" in flags):
         raise Usage
     if pattern_count is None:
@@ -351,18 +346,25 @@ def _read_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None
         raise Failed("pattern verification range exceeds end of read data\n")
     if "b" in flags:
         _aligned(offset, count)
+    _read_report(node, flags, offset, count, (pattern, pattern_offset, pattern_count), "read",
+                 out)
+
+
+def _read_report(node: BlockNode, flags: set[str], offset: int, count: int,
+                 check: tuple[int, int, int], verb: str, out: Output) -> None:
+    """Read, check the ``(pattern, start, length)`` window if -P was given, then print as
+    read_f and readv_f do: the mismatch, then (unless -q) the dump (-v) and the report."""
     start = time.perf_counter()
     try:
         if "b" in flags:
             raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
-        bad, data = _read(node, offset, count, "v" in flags,
-                          (pattern, pattern_offset, pattern_count) if "P" in flags else None)
+        bad, data = _read(node, offset, count, "v" in flags, check if "P" in flags else None)
     except OSError as e:
-        raise Failed(f"read failed: {_strerror(e)}\n") from None
+        raise Failed(f"{verb} failed: {_strerror(e)}\n") from None
     elapsed = time.perf_counter() - start
     if bad:
-        out.out(f"Pattern verification failed at offset {offset + pattern_offset}, "
-                f"{pattern_count} bytes\n")
+        out.out(f"Pattern verification failed at offset {offset + check[1]}, "
+                f"{check[2]} bytes\n")
     if "q" in flags:
         return
     if "v" in flags:
@@ -373,10 +375,7 @@ def _read_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None
 def _write_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None:
     opts, rest = getopt(cmd, argv, "bcCfnpP:qs:uz", out)
     flags = {c for c, _ in opts}
-    pattern = DEFAULT_WRITE_PATTERN
-    for c, value in opts:
-        if c == "P":
-            pattern = parse_pattern(value)
+    pattern = _pattern(opts, DEFAULT_WRITE_PATTERN)
     if len(rest) != 2:
         raise Usage
     checks = (("b" in flags and "z" in flags, "-b and -z cannot be specified at the same time"),
@@ -409,6 +408,26 @@ def _write_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> Non
         out.out(report("wrote", elapsed, offset, count, count, 1, "C" in flags))
 
 
+def _range(rest: list[str]) -> tuple[int, int]:
+    """The ``off len`` operands of read and discard, within one request's length."""
+    if len(rest) != 2:
+        raise Usage
+    offset = _number(rest[0])
+    count = _number(rest[1])
+    if count > REQUEST_MAX:
+        raise Failed(f"length cannot exceed {REQUEST_MAX}, given {rest[1]}\n")
+    return offset, count
+
+
+def _pattern(opts: list[tuple[str, str]], default: int) -> int:
+    """The last -P's byte (each -P is checked as getopt meets it), else ``default``."""
+    pattern = default
+    for c, value in opts:
+        if c == "P":
+            pattern = parse_pattern(value)
+    return pattern
+
+
 def _vector(rest: list[str]) -> tuple[int, list[int]]:
     offset = _number(rest[0])
     lens = [_number(arg) for arg in rest[1:]]
@@ -418,35 +437,19 @@ def _vector(rest: list[str]) -> tuple[int, list[int]]:
 def _readv_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None:
     opts, rest = getopt(cmd, argv, "CP:qv" if cmd.name == "readv" else "CiP:qv", out)
     flags = {c for c, _ in opts}
-    pattern = next((parse_pattern(v) for c, v in opts if c == "P"), 0)
+    pattern = _pattern(opts, 0)
     if len(rest) < 2:
         raise Usage
     offset, lens = _vector(rest)
     count = sum(lens)
-    start = time.perf_counter()
-    try:
-        bad, data = _read(node, offset, count, "v" in flags,
-                          (pattern, 0, count) if "P" in flags else None)
-    except OSError as e:
-        raise Failed(f"readv failed: {_strerror(e)}\n") from None
-    elapsed = time.perf_counter() - start
-    if bad:
-        out.out(f"Pattern verification failed at offset {offset}, {count} bytes\n")
-    if "q" in flags:
-        return
-    if "v" in flags:
-        out.out(dump_buffer(data, offset))
-    out.out(report("read", elapsed, offset, count, count, 1, "C" in flags))
+    _read_report(node, flags, offset, count, (pattern, 0, count), "readv", out)
 
 
 def _writev_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None:
     aio = cmd.name == "aio_write"
     opts, rest = getopt(cmd, argv, "CfiP:quz" if aio else "CfP:q", out)
     flags = {c for c, _ in opts}
-    pattern = DEFAULT_WRITE_PATTERN
-    for c, value in opts:
-        if c == "P":
-            pattern = parse_pattern(value)
+    pattern = _pattern(opts, DEFAULT_WRITE_PATTERN)
     if len(rest) < 2:
         raise Usage
     if aio and "z" in flags and "P" in flags:
@@ -470,12 +473,7 @@ def _writev_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> No
 def _discard_f(node: BlockNode, cmd: Command, argv: list[str], out: Output) -> None:
     opts, rest = getopt(cmd, argv, "Cq", out)
     flags = {c for c, _ in opts}
-    if len(rest) != 2:
-        raise Usage
-    offset = _number(rest[0])
-    count = _number(rest[1])
-    if count > REQUEST_MAX:
-        raise Failed(f"length cannot exceed {REQUEST_MAX}, given {rest[1]}\n")
+    offset, count = _range(rest)
     start = time.perf_counter()
     try:
         _check_range(node, offset, count)
