@@ -184,7 +184,7 @@ class Side:
         self.stdout, self.stderr = tmp / f"{name}.out", tmp / f"{name}.err"
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.proc = subprocess.Popen([*cmd, *_argv(tmp, name)], stdout=out, stderr=err)
-        wait_for_socket(str(tmp / f"{name}.sock"), self.proc)
+        wait_for_socket(str(tmp / f"{name}.sock"), self.proc, single_client=name == "qemu")
         self.c = Client(str(tmp / f"{name}.sock"), timeout=20)
         self.c.negotiate()
 

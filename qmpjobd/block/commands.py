@@ -1,4 +1,5 @@
-"""blockdev-add/-del, query-named-block-nodes, backup and mirror commands, transaction."""
+"""blockdev-add/-del, query-named-block-nodes, backup and mirror commands, transaction (with
+the dirty bitmap actions of bitmap_commands.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ..jobs import Job, JobRegistry, Txn
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
+from . import bitmap_commands
 from .backup import BackupJob
 from .graph import BlockGraph
 from .mirror import MirrorJob
@@ -111,19 +113,25 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         grouped = args.get("properties", {}).get("completion-mode") == "grouped"
         txn = Txn() if grouped else None
         created: list[BackupJob] = []
+        undo: list[bitmap_commands.Undo] = []
         try:
             for action in actions:
                 kind = action["type"]
-                if grouped and kind == "abort":
+                if grouped and (kind == "abort" or kind in bitmap_commands.ACTIONS):
                     raise QMPError(f"Action '{kind}' does not support Transaction property "
                                    "completion-mode = grouped")
                 if kind == "abort":
                     raise QMPError("Transaction aborted using Abort action")
+                if kind in bitmap_commands.ACTIONS:
+                    undo.append(bitmap_commands.ACTIONS[kind](graph, action["data"]))
+                    continue
                 created.append(prepare(action["data"], BackupJob, kind == "drive-backup", txn))
         except QMPError:
             for job in created:  # never started: created -> aborting -> concluded -> null
                 if job.status == "created":  # a grouped abort may have taken the rest
                     jobs.cancel(job, True)
+            for step in reversed(undo):
+                step()
             raise
         # commit under a drain: each job starts and pauses at once, all resume at the end
         others = jobs.quiesce()
@@ -141,3 +149,4 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     registry.register("blockdev-mirror", copy_command(MirrorJob, drive=False))
     registry.register("drive-mirror", copy_command(MirrorJob, drive=True))
     registry.register("transaction", transaction)
+    bitmap_commands.register(registry, graph)

@@ -19,6 +19,7 @@ from typing import Any
 from ..libc import libc
 from ..protocol.encode import qemu_dumps
 from ..protocol.request import qdict_order
+from .bitmaps import DirtyBitmap
 
 FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE = 0x01, 0x02
 
@@ -49,6 +50,8 @@ class BlockNode:
         self.monitor_owned = False
         """Added by blockdev-add itself (not an inline child): only these can be deleted."""
         self.unmap = False
+        self.bitmaps: dict[str, DirtyBitmap] = {}
+        """Dirty bitmaps by name, oldest first (query-named-block-nodes lists newest first)."""
         """``discard: unmap``: discard requests reach the layer below (QEMU's BDRV_O_UNMAP,
         checked at every layer); with the default ``ignore`` they stop here."""
 
@@ -63,13 +66,30 @@ class BlockNode:
         raise NotImplementedError
 
     def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
-        """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread."""
+        """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread.  The
+        node's bitmaps are marked whether or not the write succeeds, as QEMU's
+        bdrv_co_write_req_finish() marks them."""
+        try:
+            self._pwrite(offset, data, event)
+        finally:
+            if self.bitmaps:
+                self.mark_dirty(offset, len(data))
+
+    def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
+        """The driver's write."""
         raise NotImplementedError
+
+    def mark_dirty(self, offset: int, length: int) -> None:
+        """A write or discard reached ``[offset, offset + length)`` of this node."""
+        for bitmap in list(self.bitmaps.values()):
+            bitmap.mark(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
         """Discard a range (in a worker thread): passed down when this node unmaps."""
-        if self.unmap and self.children:
-            self.children[0].discard(self._child_offset(offset), length)
+        if self.unmap:
+            if self.children:
+                self.children[0].discard(self._child_offset(offset), length)
+            self.mark_dirty(offset, length)
 
     def _child_offset(self, offset: int) -> int:
         """Where ``offset`` lies in the first child."""
@@ -109,8 +129,15 @@ class BlockNode:
                 "iops_wr": 0, "ro": self.read_only, "node-name": self.node_name,
                 "backing_file_depth": self.backing_depth(flat),
                 "drv": self.driver, "iops": 0, "bps_wr": 0, "write_threshold": 0,
+                **self._bitmap_info(),
                 "encrypted": False, "bps": 0, "bps_rd": 0,
                 "cache": dict(self.cache), "file": self.filename()}
+
+    def _bitmap_info(self) -> dict[str, Any]:
+        """``dirty-bitmaps``, newest first; absent when the node has none."""
+        if not self.bitmaps:
+            return {}
+        return {"dirty-bitmaps": [b.info() for b in reversed(self.bitmaps.values())]}
 
     def flush(self) -> None:
         """Make written data durable (in a worker thread)."""
@@ -157,7 +184,7 @@ class FileNode(BlockNode):
             data += bytes(length - len(data))
         return data
 
-    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+    def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, offset)
@@ -171,6 +198,7 @@ class FileNode(BlockNode):
         """Punch a hole (reads of it give zeros), when this node unmaps."""
         if not self.unmap or not length:
             return
+        self.mark_dirty(offset, length)
         if libc().fallocate(self.fd, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE,
                             ctypes.c_long(offset), ctypes.c_long(length)) != 0:
             err = ctypes.get_errno()
@@ -265,7 +293,7 @@ class RawNode(BlockNode):
     def pread(self, offset: int, length: int, event: bool = False) -> bytes:
         return self.children[0].pread(self.offset + offset, length, event=True)
 
-    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+    def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
         self.children[0].pwrite(self.offset + offset, data, event=True)
 
     def _child_offset(self, offset: int) -> int:
@@ -304,7 +332,7 @@ class NullNode(BlockNode):
         self._delay()
         return bytes(length)
 
-    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+    def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
         self._delay()
 
     def _delay(self) -> None:
@@ -377,7 +405,7 @@ class BlkdebugNode(BlockNode):
             self._check("read_aio", offset, length)
         return self.children[0].pread(offset, length)
 
-    def pwrite(self, offset: int, data: bytes, event: bool = False) -> None:
+    def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
         if event:
             self._check("write_aio", offset, len(data))
         self.children[0].pwrite(offset, data)

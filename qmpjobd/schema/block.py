@@ -64,7 +64,24 @@ def declare(s: Schema) -> None:
         "backing_file_depth": "int", "encrypted": "bool",
         "detect_zeroes": "BlockdevDetectZeroesOptions", "bps": "int", "bps_rd": "int",
         "bps_wr": "int", "iops": "int", "iops_rd": "int", "iops_wr": "int",
-        "image": "ImageInfo", "cache": "BlockdevCacheInfo", "write_threshold": "int"})
+        "image": "ImageInfo", "cache": "BlockdevCacheInfo", "write_threshold": "int",
+        "*dirty-bitmaps": ["BlockDirtyInfo"]})
+    s.struct("BlockDirtyInfo", {"*name": "str", "recording": "bool", "busy": "bool",
+                                "granularity": "uint32", "count": "int", "persistent": "bool",
+                                "*inconsistent": "bool"})
+    s.struct("BlockDirtyBitmap", {"node": "str", "name": "str"})
+    s.struct("BlockDirtyBitmapAdd", {"node": "str", "name": "str", "*granularity": "uint32",
+                                     "*persistent": "bool", "*disabled": "bool"})
+    s.alternate("BlockDirtyBitmapOrStr", ["str", "BlockDirtyBitmap"])
+    s.struct("BlockDirtyBitmapMerge", {"node": "str", "target": "str",
+                                       "bitmaps": ["BlockDirtyBitmapOrStr"]})
+    s.struct("BlockDirtyBitmapSha256", {"sha256": "str"})
+    s.command("block-dirty-bitmap-add", "BlockDirtyBitmapAdd")
+    for verb in ("remove", "clear", "enable", "disable"):
+        s.command(f"block-dirty-bitmap-{verb}", "BlockDirtyBitmap")
+    s.command("block-dirty-bitmap-merge", "BlockDirtyBitmapMerge")
+    s.command("x-debug-block-dirty-bitmap-sha256", "BlockDirtyBitmap",
+              returns="BlockDirtyBitmapSha256")
     s.command("query-named-block-nodes", {"*flat": "bool"}, returns=["BlockDeviceInfo"])
 
     s.enum("MirrorSyncMode", ["top", "full", "none", "incremental", "bitmap"])
@@ -78,14 +95,22 @@ def declare(s: Schema) -> None:
                              "*mode": "NewImageMode"})
     s.command("blockdev-backup", "BlockdevBackup")
     s.command("drive-backup", "DriveBackup")
-    s.enum("TransactionActionKind", ["abort", "blockdev-backup", "drive-backup"])
+    bitmap_actions = {f"block-dirty-bitmap-{verb}": wrapper for verb, wrapper in (
+        ("add", "BlockDirtyBitmapAddWrapper"), ("remove", "BlockDirtyBitmapWrapper"),
+        ("clear", "BlockDirtyBitmapWrapper"), ("enable", "BlockDirtyBitmapWrapper"),
+        ("disable", "BlockDirtyBitmapWrapper"), ("merge", "BlockDirtyBitmapMergeWrapper"))}
+    s.enum("TransactionActionKind", ["abort", *bitmap_actions, "blockdev-backup",
+                                     "drive-backup"])
     s.struct("Abort", {})
     s.struct("AbortWrapper", {"data": "Abort"})
+    s.struct("BlockDirtyBitmapAddWrapper", {"data": "BlockDirtyBitmapAdd"})
+    s.struct("BlockDirtyBitmapWrapper", {"data": "BlockDirtyBitmap"})
+    s.struct("BlockDirtyBitmapMergeWrapper", {"data": "BlockDirtyBitmapMerge"})
     s.struct("BlockdevBackupWrapper", {"data": "BlockdevBackup"})
     s.struct("DriveBackupWrapper", {"data": "DriveBackup"})
     s.union("TransactionAction", {"type": "TransactionActionKind"}, "type",
-            {"abort": "AbortWrapper", "blockdev-backup": "BlockdevBackupWrapper",
-             "drive-backup": "DriveBackupWrapper"})
+            {"abort": "AbortWrapper", **bitmap_actions,
+             "blockdev-backup": "BlockdevBackupWrapper", "drive-backup": "DriveBackupWrapper"})
     s.enum("ActionCompletionMode", ["individual", "grouped"])
     s.struct("TransactionProperties", {"*completion-mode": "ActionCompletionMode"})
     s.command("transaction", {"actions": ["TransactionAction"],

@@ -1,0 +1,119 @@
+"""Dirty bitmaps (QEMU 7.2's block/dirty-bitmap.c and the block-dirty-bitmap-* commands).
+
+A bitmap belongs to one node and has one bit per granule of it.  Every write that reaches the
+node (a guest write, a job's write, ``write -z``, a discard the node passes down) marks the
+granules it touches while the bitmap records; reads never do.  Writes run in worker threads,
+so a bitmap's bits are changed under its lock.
+
+``count`` is the number of dirty granules times the granularity (not cut at the disk's end,
+as QEMU reports it); ``sha256`` is QEMU's x-debug-block-dirty-bitmap-sha256, the hash of the
+bits as whole little-endian 64-bit words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+DEFAULT_GRANULARITY = 65536
+"""bdrv_get_default_bitmap_granularity() of a node without clusters (raw, file)."""
+
+MAX_NAME = 1023
+"""BDRV_BITMAP_MAX_NAME_SIZE."""
+
+
+class DirtyBitmap:
+    """One named bitmap of a node."""
+
+    def __init__(self, name: str, granularity: int, length: int,
+                 recording: bool = True) -> None:
+        self.name = name
+        self.granularity = granularity
+        self.recording = recording
+        self.busy = False
+        """In use by a job: remove and clear are refused."""
+        self.persistent = False
+        self._granules = -(-length // granularity) if length else 0
+        self._bits = bytearray(-(-self._granules // 64) * 8)
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        """Dirty bytes as QEMU counts them: dirty granules times the granularity."""
+        with self._lock:
+            return int.from_bytes(self._bits, "little").bit_count() * self.granularity
+
+    def mark(self, offset: int, length: int) -> None:
+        """A write touched ``[offset, offset + length)``: mark its granules, if recording."""
+        if self.recording and length > 0:
+            self.set_range(offset, length)
+
+    def set_range(self, offset: int, length: int) -> None:
+        """Mark the granules of a byte range, recording or not (a merge does this)."""
+        first = offset // self.granularity
+        last = min((offset + length - 1) // self.granularity, self._granules - 1)
+        if first > last:
+            return
+        with self._lock:
+            self._set_bits(first, last)
+
+    def _set_bits(self, first: int, last: int) -> None:
+        bits = self._bits
+        lo_byte, hi_byte = first // 8, last // 8
+        if lo_byte == hi_byte:
+            bits[lo_byte] |= ((1 << (last - first + 1)) - 1) << (first % 8)
+            return
+        bits[lo_byte] |= (0xFF << (first % 8)) & 0xFF
+        bits[lo_byte + 1:hi_byte] = b"\xff" * (hi_byte - lo_byte - 1)
+        bits[hi_byte] |= (1 << (last % 8 + 1)) - 1
+
+    def dirty_ranges(self) -> list[tuple[int, int]]:
+        """The dirty byte ranges, as (offset, length), merged where granules touch."""
+        with self._lock:
+            value = int.from_bytes(self._bits, "little")
+        out: list[tuple[int, int]] = []
+        g = self.granularity
+        i = 0
+        while value:
+            skip = (value & -value).bit_length() - 1
+            value >>= skip
+            i += skip
+            run = (~value & (value + 1)).bit_length() - 1
+            out.append((i * g, run * g))
+            value >>= run
+            i += run
+        return out
+
+    def snapshot(self) -> bytes:
+        """A copy of the bits (for a transaction's undo)."""
+        with self._lock:
+            return bytes(self._bits)
+
+    def clear(self) -> bytes:
+        """Clear every bit; returns the old bits (for a transaction's undo)."""
+        with self._lock:
+            old = bytes(self._bits)
+            self._bits[:] = bytes(len(self._bits))
+        return old
+
+    def restore(self, bits: bytes) -> None:
+        """Put back bits :meth:`clear` returned."""
+        with self._lock:
+            self._bits[:] = bits
+
+    def merge_from(self, other: DirtyBitmap) -> None:
+        """Mark every range dirty in ``other`` (any granularity) in this bitmap."""
+        for offset, length in other.dirty_ranges():
+            self.set_range(offset, length)
+
+    def sha256(self) -> str:
+        """x-debug-block-dirty-bitmap-sha256: the hash of the bits' 64-bit words."""
+        with self._lock:
+            return hashlib.sha256(self._bits).hexdigest()
+
+    def info(self) -> dict[str, Any]:
+        """BlockDirtyInfo, in the key order QEMU 7.2 sends it."""
+        return {"name": self.name, "recording": self.recording,
+                "persistent": self.persistent, "busy": self.busy,
+                "granularity": self.granularity, "count": self.count}
