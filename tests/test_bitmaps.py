@@ -203,3 +203,32 @@ def test_marking_and_ranges_agree_with_a_set_of_granules() -> None:
         got = {g for off, n in bitmap.dirty_ranges()
                for g in range(off // granularity, (off + n) // granularity)}
         assert got == expected
+
+
+@needs_qemu
+def test_a_backup_marks_the_targets_bitmaps_as_qemu(tmp_path: Path) -> None:
+    """The job's writes reach the target node and its file: both bitmaps count them (the
+    copy_file_range path included), the source's do not."""
+    with pair(tmp_path) as (qemu, ours):
+        for side in (qemu, ours):
+            target = tmp_path / f"{'q' if side is qemu else 'o'}-target.raw"
+            target.write_bytes(bytes(4 * MiB))
+            for request in (
+                    {"execute": "blockdev-add", "arguments": {
+                        "driver": "file", "filename": str(target), "node-name": "t"}},
+                    {"execute": "blockdev-add", "arguments": {
+                        "driver": "raw", "file": "t", "node-name": "tf"}},
+                    _add("tf", "bt"), _add("t", "bt", granularity=4096), _add("f", "bs")):
+                assert side.run(request) == [{"return": {}}], request
+            assert side.run(_io("f", "write -P 0x11 0 1M")) == [{"return": ""}]
+            side.c.cmd("blockdev-backup", {"job-id": "j", "device": "f", "target": "tf",
+                                           "sync": "full"})
+            while side.c.recv().get("event") != "BLOCK_JOB_COMPLETED":
+                pass
+        got = [side.run(NODES)[-1]["return"] for side in (qemu, ours)]
+        normalise = [orjson.loads(orjson.dumps(g).replace(b"q-target", b"o-target"))
+                     for g in got]
+        assert normalise[1] == normalise[0]
+    counts = {(n["node-name"], b["name"]): b["count"] for n in got[1]
+              for b in n.get("dirty-bitmaps", [])}
+    assert counts == {("tf", "bt"): 4 * MiB, ("t", "bt"): 4 * MiB, ("f", "bs"): MiB}

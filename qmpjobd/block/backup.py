@@ -136,6 +136,15 @@ class BackupJob(Job):
                         self.pause_count += 1
                 await self.pause_point()  # ignore: retry at once; stop: after resume
 
+    def _mark_target(self, offset: int, n: int) -> None:
+        """copy_file_range wrote past the nodes above the file: mark their bitmaps (and the
+        file's), as the write through them would have."""
+        node: BlockNode | None = self.target
+        while node is not None:
+            node.mark_dirty(offset, n)
+            node = node.children[0] if node.children and node.plain_file() is not None \
+                else None
+
     def _copy(self, offset: int, n: int) -> None:
         if self._fast:
             src, dst = self.source.plain_file(), self.target.plain_file()
@@ -147,8 +156,9 @@ class BackupJob(Job):
                                              offset + done)
                     if got == 0:  # source shorter than it claimed: zeros, as a read would
                         dst.pwrite(offset + done, bytes(n - done))
-                        return
+                        break
                     done += got
+                self._mark_target(offset, n)
                 return
             except OSError as e:
                 if e.errno not in (errnos.EXDEV, errnos.ENOSYS, errnos.EOPNOTSUPP,
