@@ -168,6 +168,8 @@ class Hardware:
 
     def _write_blocker(self, node: BlockNode) -> str | None:
         """The first user of ``node`` that does not share write permission, in QEMU's words."""
+        if node.filters:
+            return f"node '{node.filters[-1]}' (uses node '{node.node_name}' as 'file' child)"
         for dev in self.devices.values():
             if dev.drive == node.node_name and not _flag(dev.props.get("share-rw", False)):
                 return (f"block device '{dev.block_qdev}' (uses node '{node.node_name}' as "

@@ -78,7 +78,7 @@ class Vm:
         self.identity = identity.register(self.registry)
         self.hmp = build_hmp(self.registry)
         """human-monitor-command: QEMU 7.2's HMP over the QMP handlers registered here."""
-        block_hmp.register(self.hmp, self.hardware)
+        block_hmp.register(self.hmp, self.hardware, self.jobs)
         self.registry.register("human-monitor-command", self.hmp.human_monitor_command)
         colo_stubs.register(self.registry, self.block, self.hmp)
         self._intro: tuple[int, list[Any], list[dict[str, str]]] | None = None

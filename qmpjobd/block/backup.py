@@ -3,12 +3,20 @@
 Bulk I/O runs in worker threads (``os.copy_file_range`` between plain files, read/write
 otherwise), one chunk at a time, so the event loop stays free and pause, cancel and
 ``speed`` act between chunks.
+
+The target is the source as it was when the job was created, however the guest writes
+meanwhile: a write to a cluster not yet copied first copies it (copy-before-write, QEMU's
+cbw filter), in the writer's thread.  :class:`CopyMap` says which clusters are still to
+copy, so that each is copied once, by the job or by a write, and a write waits while its
+cluster is being copied.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno as errnos
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +26,73 @@ from .nodes import BlockNode
 
 CHUNK = 1 << 20
 """Bytes per copy step; progress advances in these steps, as QEMU's backup does."""
+
+CLUSTER = 64 << 10
+"""The granularity of block-copy and of copy-before-write (QEMU's backup cluster size)."""
+
+
+class CopyMap:
+    """The clusters of a backup: to copy, being copied, or copied (by the job's loop or a
+    guest write's copy-before-write, each in its own thread)."""
+
+    TODO, BUSY, DONE = 0, 1, 2
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.state = bytearray(-(-length // CLUSTER))
+        self.copied = 0
+        """Bytes copied so far, by either path."""
+        self._cond = threading.Condition()
+
+    def claim(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Take the clusters of a byte range still to copy, as (offset, length) runs; waits
+        while one of the range's clusters is being copied by someone else."""
+        if length <= 0 or offset >= self.length:
+            return []
+        first, last = offset // CLUSTER, min(offset + length - 1, self.length - 1) // CLUSTER
+        with self._cond:
+            while self.BUSY in self.state[first:last + 1]:
+                self._cond.wait()
+            runs: list[tuple[int, int]] = []
+            for i in range(first, last + 1):
+                if self.state[i] != self.TODO:
+                    continue
+                self.state[i] = self.BUSY
+                start, end = i * CLUSTER, min((i + 1) * CLUSTER, self.length)
+                if runs and runs[-1][0] + runs[-1][1] == start:
+                    runs[-1] = (runs[-1][0], end - runs[-1][0])
+                else:
+                    runs.append((start, end - start))
+            return runs
+
+    def finish(self, runs: list[tuple[int, int]], copied: bool) -> None:
+        """The claimed runs are copied (or, after a failure, to copy again)."""
+        with self._cond:
+            for start, n in runs:
+                first, last = start // CLUSTER, (start + n - 1) // CLUSTER
+                self.state[first:last + 1] = bytes([self.DONE if copied else self.TODO]) * \
+                    (last - first + 1)
+                if copied:
+                    self.copied += n
+            self._cond.notify_all()
+
+    def skip_all_but(self, ranges: list[tuple[int, int]]) -> None:
+        """Only the clusters touching ``ranges`` are to copy (a bitmap sync); the others
+        count as copied."""
+        with self._cond:
+            keep = bytearray(len(self.state))
+            for start, n in ranges:
+                first, last = start // CLUSTER, min(start + n - 1, self.length - 1) // CLUSTER
+                keep[first:last + 1] = b"\x01" * (last - first + 1)
+            for i, wanted in enumerate(keep):
+                if not wanted and self.state[i] == self.TODO:
+                    self.state[i] = self.DONE
+
+    def todo_bytes(self) -> int:
+        """Bytes still to copy."""
+        with self._cond:
+            return sum(min((i + 1) * CLUSTER, self.length) - i * CLUSTER
+                       for i, st in enumerate(self.state) if st == self.TODO)
 
 
 class BlockIOError(QmpjobdError):
@@ -60,14 +135,52 @@ class BackupJob(Job):
         before its first yield)."""
         src, dst = source.plain_file(), target.plain_file()
         self._fast = src is not None and dst is not None and hasattr(os, "copy_file_range")
+        self.sync = "full"
+        """MirrorSyncMode: full and top copy everything, none only what writes replace."""
+        self.copy_map = CopyMap(source.length)
+        self.cbw = self.job_type == "backup"
+        """Copy-before-write guards the source while the job exists (not for a mirror)."""
+        self.filter_name = ""
+        """The node name of its copy-before-write filter (``#blockNNN``), given by the graph."""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self) -> None:
-        """Mark the nodes as used (blockdev-del refuses them) until the job is cleaned up."""
+        """Mark the nodes as used (blockdev-del refuses them) until the job is cleaned up;
+        from now on, writes to the source copy what they replace first."""
         self.source.users.add(self.id)
         self.target.users.add(self.id)
         self.target.job_targets.add(self.job_type)
+        if self.cbw:
+            self._loop = asyncio.get_running_loop()
+            self.source.before_write.append(self._before_write)
+            if self.filter_name:
+                self.source.filters.append(self.filter_name)
+
+    def _before_write(self, offset: int, length: int) -> None:
+        """Copy-before-write, in the writer's thread: the clusters the write touches that
+        are still to copy go to the target first; if that fails, so does the write."""
+        runs = self.copy_map.claim(offset, length)
+        if not runs:
+            return
+        try:
+            for start, n in runs:
+                self._copy_range(start, n)
+        except BlockIOError as e:
+            self.copy_map.finish(runs, False)
+            raise OSError(e.errno, os.strerror(e.errno)) from None
+        self.copy_map.finish(runs, True)
+        if self._loop is not None:  # the progress counts them before the writer hears back
+            self._loop.call_soon_threadsafe(self._cbw_progress)
+
+    def _cbw_progress(self) -> None:
+        if self.status not in ("concluded", "null"):
+            self.set_progress(self.copy_map.copied)
 
     def clean(self) -> None:
+        if self._before_write in self.source.before_write:
+            self.source.before_write.remove(self._before_write)
+        if self.filter_name in self.source.filters:
+            self.source.filters.remove(self.filter_name)
         self._drop_filter()
         self.source.users.discard(self.id)
         self.target.users.discard(self.id)
@@ -94,6 +207,10 @@ class BackupJob(Job):
                                 and isinstance(j, BackupJob) and j.source is self.source))
 
     async def run(self) -> None:
+        if self.sync == "none":  # copy-before-write only, until cancelled
+            self.idle_until_cancel = True
+            while True:
+                await self.sleep(3600)
         await self.copy_all()
         # QEMU's backup does not flush the target; durability without delaying completion
         self.io_background(self.target.flush, hold=self.files)
@@ -112,7 +229,7 @@ class BackupJob(Job):
             self.dispatched(n)
             await self._copy_with_policy(offset, n)
             offset += n
-            self.set_progress(offset)
+            self.set_progress(self.copy_map.copied if self.cbw else offset)
         await self.pause_point()
 
     async def _copy_with_policy(self, offset: int, n: int) -> None:
@@ -146,6 +263,20 @@ class BackupJob(Job):
                 else None
 
     def _copy(self, offset: int, n: int) -> None:
+        """The job's own copy of a chunk: the clusters no write has copied yet."""
+        if not self.cbw:
+            self._copy_range(offset, n)
+            return
+        runs = self.copy_map.claim(offset, n)
+        try:
+            for start, length in runs:
+                self._copy_range(start, length)
+        except BaseException:
+            self.copy_map.finish(runs, False)
+            raise
+        self.copy_map.finish(runs, True)
+
+    def _copy_range(self, offset: int, n: int) -> None:
         if self._fast:
             src, dst = self.source.plain_file(), self.target.plain_file()
             assert src is not None and dst is not None

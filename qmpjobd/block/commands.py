@@ -42,7 +42,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             raise QMPError(f"Node '{target_node.node_name}' is busy: block device is in use by "
                            f"block job: {kinds}")
         sync = args["sync"]
-        if sync not in ("full", "top"):
+        if sync not in ("full", "top") and not (sync == "none" and cls is BackupJob):
             raise QMPError(f"sync mode '{sync}' is not supported by qmpjobd")
         if target_node.length < source.length:
             raise QMPError("Source and target image have different sizes")
@@ -52,6 +52,9 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                   auto_finalize=args.get("auto-finalize", True),
                   auto_dismiss=args.get("auto-dismiss", True),
                   speed=args.get("speed", 0))
+        job.sync = sync
+        if job.cbw:
+            job.filter_name = graph.auto_name()
         jobs.create(job, txn)
         job.attach()
         job.on_clean = graph.collect

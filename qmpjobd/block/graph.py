@@ -47,16 +47,20 @@ class BlockGraph:
             self.nodes[n.node_name] = n
         return node
 
+    def auto_name(self) -> str:
+        """A name for a node nobody named (an inline child, a job's filter): ``#blockNNN``."""
+        while True:
+            self._auto += 1
+            name = f"#block{self._auto:03d}"
+            if name not in self.nodes:
+                return name
+
     def _name(self, opts: dict[str, Any], top: bool, created: list[BlockNode]) -> str:
         name = opts.get("node-name")
         if name is None:
             if top:
                 raise QMPError("'node-name' must be specified for the root node")
-            while True:
-                self._auto += 1
-                name = f"#block{self._auto:03d}"
-                if name not in self.nodes:
-                    return name
+            return self.auto_name()
         if not _NODE_NAME.match(name):
             raise QMPError(f"Invalid node-name: '{name}'")
         if len(name) > 31:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from ..hmp.monitor import Hmp, Monitor
+from ..jobs import JobRegistry
 from ..protocol.errors import QMPError
 from . import qemuio
 from .nodes import BlockNode
@@ -44,8 +45,26 @@ STDIO = qemuio.Output(lambda text: _print(sys.stdout, text),
 """Where qemu-io's text goes: this process's stdout and stderr, as in QEMU."""
 
 
-def register(hmp: Hmp, targets: Targets, output: qemuio.Output = STDIO) -> None:
-    """Implement ``qemu-io`` in ``hmp`` over ``targets``; its text goes to ``output``."""
+def drained(jobs: JobRegistry, node: BlockNode) -> None:
+    """A drained section of ``node``: the block jobs whose nodes are it or above it pause
+    and resume (what attaching or detaching a BlockBackend does to the node in QEMU)."""
+    above = {id(node)}
+    todo = [node]
+    while todo:
+        for parent in todo.pop().parents:
+            if id(parent) not in above:
+                above.add(id(parent))
+                todo.append(parent)
+    jobs.release(jobs.quiesce(lambda j: any(
+        id(n) in above for n in (getattr(j, "source", None), getattr(j, "target", None))
+        if n is not None)))
+
+
+def register(hmp: Hmp, targets: Targets, jobs: JobRegistry,
+             output: qemuio.Output = STDIO) -> None:
+    """Implement ``qemu-io`` in ``hmp`` over ``targets``; its text goes to ``output``.  By
+    node name it runs under a BlockBackend of its own, attached and detached around the
+    command: two drains of the node (the jobs on it flicker paused/running twice)."""
 
     def run(mon: Monitor, args: dict[str, Any]) -> Awaitable[None] | None:
         try:
@@ -53,18 +72,32 @@ def register(hmp: Hmp, targets: Targets, output: qemuio.Output = STDIO) -> None:
         except QMPError as e:
             mon.error(e)
             return None
+        own_backend = dev is None
+        if own_backend:
+            drained(jobs, node)
         early = qemuio.Collect()
         prepared = qemuio.prepare(args["command"], early)
         if prepared is not None and prepared.cmd.write:
             refusal = targets.write_refusal(node, dev)
             if refusal is not None:
                 mon.printf(refusal + "\n")
+                if own_backend:
+                    drained(jobs, node)
                 return None
         if prepared is not None and prepared.cmd.name == "sleep":
-            return _sleep(node, prepared, early, output)
-        return asyncio.to_thread(_execute, node, prepared, early, output)
+            work = _sleep(node, prepared, early, output)
+        else:
+            work = asyncio.to_thread(_execute, node, prepared, early, output)
+        return _then_detach(work, jobs, node) if own_backend else work
 
     hmp.implement("qemu-io", "qdev:-d,device:B,command:s", run)
+
+
+async def _then_detach(work: Awaitable[None], jobs: JobRegistry, node: BlockNode) -> None:
+    try:
+        await work
+    finally:
+        drained(jobs, node)
 
 
 async def _sleep(node: BlockNode, prepared: qemuio.Prepared, early: qemuio.Collect,

@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,12 @@ class BlockNode:
         self.unmap = False
         self.bitmaps: dict[str, DirtyBitmap] = {}
         """Dirty bitmaps by name, oldest first (query-named-block-nodes lists newest first)."""
+        self.filters: list[str] = []
+        """Names of the filter nodes above this one that do not share writes (a backup's
+        copy-before-write filter): a write by node name is refused while one is there."""
+        self.before_write: list[Callable[[int, int], None]] = []
+        """Called with (offset, length) in the writer's thread before a write or discard
+        changes this node's data (a backup's copy-before-write); raising fails the write."""
         """``discard: unmap``: discard requests reach the layer below (QEMU's BDRV_O_UNMAP,
         checked at every layer); with the default ``ignore`` they stop here."""
 
@@ -69,6 +76,8 @@ class BlockNode:
         """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread.  The
         node's bitmaps are marked whether or not the write succeeds, as QEMU's
         bdrv_co_write_req_finish() marks them."""
+        for hook in list(self.before_write):
+            hook(offset, len(data))
         try:
             self._pwrite(offset, data, event)
         finally:
@@ -85,11 +94,21 @@ class BlockNode:
             bitmap.mark(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
-        """Discard a range (in a worker thread): passed down when this node unmaps."""
-        if self.unmap:
-            if self.children:
-                self.children[0].discard(self._child_offset(offset), length)
+        """Discard a range (in a worker thread), if this node unmaps (QEMU checks each
+        layer); it changes the data, so the copy-before-write hooks run and bitmaps mark."""
+        if not self.unmap or not length:
+            return
+        for hook in list(self.before_write):
+            hook(offset, length)
+        try:
+            self._discard(offset, length)
+        finally:
             self.mark_dirty(offset, length)
+
+    def _discard(self, offset: int, length: int) -> None:
+        """The driver's discard: passed to the layer below."""
+        if self.children:
+            self.children[0].discard(self._child_offset(offset), length)
 
     def _child_offset(self, offset: int) -> int:
         """Where ``offset`` lies in the first child."""
@@ -194,11 +213,8 @@ class FileNode(BlockNode):
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
-    def discard(self, offset: int, length: int) -> None:
-        """Punch a hole (reads of it give zeros), when this node unmaps."""
-        if not self.unmap or not length:
-            return
-        self.mark_dirty(offset, length)
+    def _discard(self, offset: int, length: int) -> None:
+        """Punch a hole: reads of it give zeros."""
         if libc().fallocate(self.fd, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE,
                             ctypes.c_long(offset), ctypes.c_long(length)) != 0:
             err = ctypes.get_errno()

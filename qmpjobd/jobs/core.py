@@ -149,6 +149,10 @@ class Job:
         """Set by wake(); created here so that a wake-up sent before the job waits is kept."""
         self._task: asyncio.Task[None] | None = None
         self._ready_sent = False
+        self.idle_until_cancel = False
+        """Set by a job that only waits to be cancelled, with nothing in flight (backup sync
+        none, QEMU's job_yield loop): a cancel ends it before the command replies, as QEMU
+        re-enters such a job at once."""
 
     # -- what a job type implements --------------------------------------------------------
 
@@ -452,6 +456,12 @@ class JobRegistry:
             return
         self._cancel_async(job, force)
         if not job.started:
+            self._completed(job)
+        elif job.idle_until_cancel and job.is_cancelled and not job.deferred:
+            if job._task is not None:
+                job._task.cancel()  # its _drive ends without completing the job again
+            job.busy = False
+            job.deferred = True
             self._completed(job)
         elif job.deferred:
             if job.is_cancelled:
