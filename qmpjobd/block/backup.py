@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import QmpjobdError
 from ..jobs import Job, JobError
+from .bitmaps import DirtyBitmap
 from .nodes import BlockNode
 
 CHUNK = 1 << 20
@@ -88,11 +89,19 @@ class CopyMap:
                 if not wanted and self.state[i] == self.TODO:
                     self.state[i] = self.DONE
 
-    def todo_bytes(self) -> int:
-        """Bytes still to copy."""
+    def todo_ranges(self) -> list[tuple[int, int]]:
+        """The byte ranges still to copy."""
+        with self._cond:
+            return [(i * CLUSTER, min((i + 1) * CLUSTER, self.length) - i * CLUSTER)
+                    for i, st in enumerate(self.state) if st == self.TODO]
+
+    def todo_bytes(self, offset: int = 0, length: int | None = None) -> int:
+        """Bytes still to copy (in the clusters of a byte range, or in all)."""
+        end = self.length if length is None else min(offset + length, self.length)
+        first, last = offset // CLUSTER, -(-end // CLUSTER)
         with self._cond:
             return sum(min((i + 1) * CLUSTER, self.length) - i * CLUSTER
-                       for i, st in enumerate(self.state) if st == self.TODO)
+                       for i in range(first, last) if self.state[i] == self.TODO)
 
 
 class BlockIOError(QmpjobdError):
@@ -140,6 +149,9 @@ class BackupJob(Job):
         self.copy_map = CopyMap(source.length)
         self.cbw = self.job_type == "backup"
         """Copy-before-write guards the source while the job exists (not for a mirror)."""
+        self.sync_bitmap: DirtyBitmap | None = None
+        """The bitmap of sync=bitmap (or of a full backup that syncs one), and its mode."""
+        self.bitmap_mode = "on-success"
         self.filter_name = ""
         """The node name of its copy-before-write filter (``#blockNNN``), given by the graph."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +162,12 @@ class BackupJob(Job):
         self.source.users.add(self.id)
         self.target.users.add(self.id)
         self.target.job_targets.add(self.job_type)
+        bitmap = self.sync_bitmap
+        if bitmap is not None:
+            if self.sync == "bitmap":  # only what is dirty now; the total is that much
+                self.copy_map.skip_all_but(bitmap.dirty_ranges())
+                self.total_progress = self.copy_map.todo_bytes()
+            bitmap.freeze()
         if self.cbw:
             self._loop = asyncio.get_running_loop()
             self.source.before_write.append(self._before_write)
@@ -175,6 +193,25 @@ class BackupJob(Job):
     def _cbw_progress(self) -> None:
         if self.status not in ("concluded", "null"):
             self.set_progress(self.copy_map.copied)
+
+    def commit(self) -> None:
+        self._release_bitmap(True)
+
+    def abort(self) -> None:
+        self._release_bitmap(False)
+
+    def _release_bitmap(self, ok: bool) -> None:
+        """backup_cleanup_sync_bitmap(): on success (or always, unless never) the bitmap
+        keeps only what was written during the job; otherwise it keeps everything; a failed
+        'always' job also keeps what it did not copy."""
+        bitmap, self.sync_bitmap = self.sync_bitmap, None
+        if bitmap is None:
+            return
+        mode = self.bitmap_mode
+        bitmap.thaw(adopt=(ok or mode == "always") and mode != "never")
+        if not ok and mode == "always":
+            for start, n in self.copy_map.todo_ranges():
+                bitmap.set_range(start, n)
 
     def clean(self) -> None:
         if self._before_write in self.source.before_write:
@@ -221,13 +258,18 @@ class BackupJob(Job):
         As block-copy: wait while the slice's quota is used up, charge the chunk, copy it
         (so the last chunk goes out without a wait)."""
         length = self.source.length
-        self.set_progress(0, length)
+        if self.cbw:  # total: what was to copy at the start (all, or a bitmap's clusters)
+            self.set_progress(self.copy_map.copied, self.total_progress)
+        else:
+            self.set_progress(0, length)
         offset = 0
         while offset < length:
             n = min(CHUNK, length - offset)
-            await self.throttle()
-            self.dispatched(n)
-            await self._copy_with_policy(offset, n)
+            todo = self.copy_map.todo_bytes(offset, n) if self.cbw else n
+            if todo:  # a bitmap sync skips clean chunks, and charges only what it copies
+                await self.throttle()
+                self.dispatched(todo)
+                await self._copy_with_policy(offset, n)
             offset += n
             self.set_progress(self.copy_map.copied if self.cbw else offset)
         await self.pause_point()

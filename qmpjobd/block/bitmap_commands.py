@@ -121,6 +121,7 @@ def merge(graph: BlockGraph, args: dict[str, Any]) -> Undo:
                 raise QMPError(f"Dirty bitmap '{ref}' not found")
         else:
             _, src = lookup(graph, ref["node"], ref["name"])
+        _check_busy(src)
         sources.append(src)
     old = target.snapshot()
     for src in sources:

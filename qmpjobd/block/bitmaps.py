@@ -34,6 +34,9 @@ class DirtyBitmap:
         self.busy = False
         """In use by a job: remove and clear are refused."""
         self.persistent = False
+        self.successor: DirtyBitmap | None = None
+        """While a backup syncs with this bitmap: the bitmap is frozen and new writes go to
+        the successor (QEMU's bdrv_dirty_bitmap_create_successor)."""
         self._granules = -(-length // granularity) if length else 0
         self._bits = bytearray(-(-self._granules // 64) * 8)
         self._lock = threading.Lock()
@@ -46,7 +49,9 @@ class DirtyBitmap:
 
     def mark(self, offset: int, length: int) -> None:
         """A write touched ``[offset, offset + length)``: mark its granules, if recording."""
-        if self.recording and length > 0:
+        if self.successor is not None:
+            self.successor.mark(offset, length)
+        elif self.recording and length > 0:
             self.set_range(offset, length)
 
     def set_range(self, offset: int, length: int) -> None:
@@ -106,6 +111,23 @@ class DirtyBitmap:
         """Mark every range dirty in ``other`` (any granularity) in this bitmap."""
         for offset, length in other.dirty_ranges():
             self.set_range(offset, length)
+
+    def freeze(self) -> None:
+        """A backup takes the bitmap: it is busy, and writes go to a successor from now."""
+        self.busy = True
+        self.successor = DirtyBitmap("", self.granularity, self._granules * self.granularity,
+                                     recording=self.recording)
+
+    def thaw(self, adopt: bool) -> None:
+        """The backup is done with it: become the successor (``adopt``: QEMU's abdicate,
+        what was written during the job), or take its bits in (reclaim: nothing lost)."""
+        successor, self.successor, self.busy = self.successor, None, False
+        if successor is None:
+            return
+        if adopt:
+            self.restore(successor.snapshot())
+        else:
+            self.merge_from(successor)
 
     def sha256(self) -> str:
         """x-debug-block-dirty-bitmap-sha256: the hash of the bits' 64-bit words."""

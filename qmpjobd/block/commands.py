@@ -11,9 +11,42 @@ from ..protocol.session import Session
 from ..schema import Registry
 from . import bitmap_commands
 from .backup import BackupJob
+from .bitmaps import DirtyBitmap
 from .graph import BlockGraph
 from .mirror import MirrorJob
-from .nodes import FileNode
+from .nodes import BlockNode, FileNode
+
+
+def _backup_bitmap(args: dict[str, Any], source: BlockNode
+                   ) -> tuple[str, DirtyBitmap | None, str]:
+    """do_backup_common()'s checks of sync, bitmap and bitmap-mode, in QEMU's order; returns
+    the sync mode (incremental is bitmap with on-success), the bitmap and its mode."""
+    sync, name, mode = args["sync"], args.get("bitmap"), args.get("bitmap-mode")
+    if sync in ("bitmap", "incremental") and name is None:
+        raise QMPError(f"must provide a valid bitmap name for '{sync}' sync mode")
+    if sync == "incremental":
+        if mode is not None and mode != "on-success":
+            raise QMPError("Bitmap sync mode must be 'on-success' when using sync mode "
+                           "'incremental'")
+        sync, mode = "bitmap", "on-success"
+    bitmap = None
+    if name is not None:
+        bitmap = source.bitmaps.get(name)
+        if bitmap is None:
+            raise QMPError(f"Bitmap '{name}' could not be found")
+        if mode is None:
+            raise QMPError("Bitmap sync mode must be given when providing a bitmap")
+        if bitmap.busy:
+            raise QMPError(f"Bitmap '{name}' is currently in use by another operation and "
+                           "cannot be used")
+        if sync == "none":
+            raise QMPError("sync mode 'none' does not produce meaningful bitmap outputs")
+        if mode == "never" and sync != "bitmap":
+            raise QMPError(f"Bitmap sync mode 'never' has no meaningful effect when combined "
+                           f"with sync mode '{sync}'")
+    elif mode is not None:
+        raise QMPError("Cannot specify bitmap sync mode without a bitmap")
+    return sync, bitmap, mode or "on-success"
 
 
 def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
@@ -33,6 +66,10 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                      txn: Txn | None = None) -> BackupJob:
         """Create (but do not start) a backup or mirror job; QEMU's checks in its order."""
         source = graph.lookup(args["device"])
+        sync = args["sync"]
+        bitmap = None
+        if cls is BackupJob:
+            sync, bitmap, mode = _backup_bitmap(args, source)
         if source is target_node:
             raise QMPError("Source and target cannot be the same")
         if target_node.read_only:
@@ -41,8 +78,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
             kinds = ", ".join(sorted(target_node.job_targets))
             raise QMPError(f"Node '{target_node.node_name}' is busy: block device is in use by "
                            f"block job: {kinds}")
-        sync = args["sync"]
-        if sync not in ("full", "top") and not (sync == "none" and cls is BackupJob):
+        if sync not in ("full", "top") and cls is not BackupJob:
             raise QMPError(f"sync mode '{sync}' is not supported by qmpjobd")
         if target_node.length < source.length:
             raise QMPError("Source and target image have different sizes")
@@ -53,6 +89,8 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                   auto_dismiss=args.get("auto-dismiss", True),
                   speed=args.get("speed", 0))
         job.sync = sync
+        if bitmap is not None:
+            job.sync_bitmap, job.bitmap_mode = bitmap, mode
         if job.cbw:
             job.filter_name = graph.auto_name()
         jobs.create(job, txn)

@@ -90,8 +90,10 @@ def declare(s: Schema) -> None:
     common = {"*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
               "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
               "*auto-finalize": "bool", "*auto-dismiss": "bool"}
-    s.struct("BlockdevBackup", {**common, "target": "str"})
-    s.struct("DriveBackup", {**common, "target": "str", "*format": "str",
+    s.enum("BitmapSyncMode", ["on-success", "never", "always"])
+    backup = {**common, "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode"}
+    s.struct("BlockdevBackup", {**backup, "target": "str"})
+    s.struct("DriveBackup", {**backup, "target": "str", "*format": "str",
                              "*mode": "NewImageMode"})
     s.command("blockdev-backup", "BlockdevBackup")
     s.command("drive-backup", "DriveBackup")
