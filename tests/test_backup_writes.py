@@ -11,7 +11,6 @@ chunk, so the writes land on clusters it has not copied yet.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 
 import orjson
 import pytest
-from qmptest import NO_QEMU_REASON, QEMU, Client, strip_volatile, wait_for_socket
-from test_qemu_cmdline import LAUNCH
+import qemupair
+from qemupair import Side
+from qmptest import NO_QEMU_REASON, QEMU
 
 needs_qemu = pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
 
@@ -35,87 +35,40 @@ WRITES = ["write -P 0xee 1M 4096", "write -P 0xdd 2097252 4096", "write -P 0xcc 
 over two whole clusters (one shared with the write before)."""
 
 
-class Side:
-    """A pc machine (-S) with the source on an ide-hd (``disk0`` over node ``f``) and an
-    empty target node ``tf``."""
+def _argv(tmp: Path, name: str) -> list[str]:
+    """A pc machine (-S) with the source on an ide-hd (``disk0`` over node ``f``, file
+    tmp/NAME-s.raw) and an empty target node ``tf`` (tmp/NAME-t.raw)."""
+    def node(**opts: Any) -> list[str]:
+        return ["-blockdev", orjson.dumps(opts).decode()]
 
-    def __init__(self, name: str, cmd: list[str], tmp: Path) -> None:
-        self.source, self.target = tmp / f"{name}-s.raw", tmp / f"{name}-t.raw"
-        self.source.write_bytes(SOURCE)
-        self.target.write_bytes(bytes(len(SOURCE)))
-        sock = str(tmp / f"{name}.sock")
-
-        def node(**opts: Any) -> list[str]:
-            return ["-blockdev", orjson.dumps(opts).decode()]
-
-        self.proc = subprocess.Popen(
-            [*cmd, "-M", "pc", "-S", "-accel", "tcg", "-nodefaults", "-display", "none",
-             "-qmp", f"unix:{sock},server=on,wait=off",
-             *node(driver="file", filename=str(self.source), **{"node-name": "s"}),
-             *node(driver="raw", file="s", **{"node-name": "f"}),
-             "-device", '{"driver":"ide-hd","bus":"ide.0","unit":0,"drive":"f","id":"disk0"}',
-             *node(driver="file", filename=str(self.target), **{"node-name": "t"}),
-             *node(driver="raw", file="t", **{"node-name": "tf"})],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_socket(sock, self.proc, single_client=name == "qemu")
-        self.c = Client(sock, timeout=20)
-        self.c.negotiate()
-
-    def run(self, name: str, args: dict[str, Any] | None = None) -> list[Any]:
-        """Every message up to the reply, timestamps dropped."""
-        request: dict[str, Any] = {"execute": name}
-        if args is not None:
-            request["arguments"] = args
-        return strip_volatile(self.c.exchange(orjson.dumps(request)))
-
-    def hmp(self, line: str) -> list[Any]:
-        return self.run("human-monitor-command", {"command-line": line})
-
-    def progress(self) -> int:
-        return int(self.c.cmd("query-jobs")["return"][0]["current-progress"])
-
-    def until_event(self, name: str, got: list[Any] | None = None) -> list[Any]:
-        """Messages up to and including event ``name`` (timestamps dropped); none if it is in
-        ``got`` already (it came before the reply of the last command)."""
-        if got is not None and any(m.get("event") == name for m in got):
-            return []
-        seen = []
-        while True:
-            msg = self.c.recv()
-            seen.append(msg)
-            if msg.get("event") == name:
-                return strip_volatile(seen)
-
-    def until_progress(self, value: int) -> None:
-        """The job's first chunk is copied (then speed 1 holds it): poll, with a limit."""
-        for _ in range(2000):
-            if self.progress() >= value:
-                return
-        raise AssertionError(f"progress stayed below {value}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+    return ["-M", "pc", "-S", "-accel", "tcg", "-nodefaults", "-display", "none",
+            *node(driver="file", filename=str(tmp / f"{name}-s.raw"), **{"node-name": "s"}),
+            *node(driver="raw", file="s", **{"node-name": "f"}),
+            "-device", '{"driver":"ide-hd","bus":"ide.0","unit":0,"drive":"f","id":"disk0"}',
+            *node(driver="file", filename=str(tmp / f"{name}-t.raw"), **{"node-name": "t"}),
+            *node(driver="raw", file="t", **{"node-name": "tf"})]
 
 
 @contextmanager
 def pair(tmp: Path) -> Iterator[tuple[Side, Side]]:
-    assert QEMU is not None
-    sides: list[Side] = []
-    try:
-        sides.append(Side("qemu", [QEMU], tmp))
-        sides.append(Side("ours", LAUNCH, tmp))
-        yield sides[0], sides[1]
-    finally:
-        for side in sides:
-            side.stop()
+    for name in ("qemu", "ours"):
+        (tmp / f"{name}-s.raw").write_bytes(SOURCE)
+        (tmp / f"{name}-t.raw").write_bytes(bytes(len(SOURCE)))
+    with qemupair.pair(tmp, lambda name: _argv(tmp, name)) as sides:
+        yield sides
 
 
-def _normalise_filter(msgs: list[Any]) -> list[Any]:
-    """The filter's node name is ``#block`` + a counter + two random digits in QEMU."""
-    import re
-    return orjson.loads(re.sub(rb"#block\d+", b"#block<n>", orjson.dumps(msgs)))
+def _image(side: Side, which: str) -> bytes:
+    """The side's source (``s``) or target (``t``) image."""
+    return (side.tmp / f"{side.name}-{which}.raw").read_bytes()
+
+
+def _until_progress(side: Side, value: int) -> None:
+    """The job's first chunk is copied (then speed 1 holds it): poll, with a limit."""
+    for _ in range(2000):
+        if int(side.c.cmd("query-jobs")["return"][0]["current-progress"]) >= value:
+            return
+    raise AssertionError(f"progress stayed below {value}")
 
 
 @needs_qemu
@@ -125,21 +78,21 @@ def test_a_full_backup_is_the_disk_when_it_started(tmp_path: Path) -> None:
         for side in (qemu, ours):
             got = side.run("blockdev-backup", {"job-id": "j", "device": "f", "target": "tf",
                                                "sync": "full", "speed": 1})
-            side.until_progress(MiB)
+            _until_progress(side, MiB)
             for line in WRITES:
                 got += side.hmp(f'qemu-io -d disk0 "{line}"')
             got += side.hmp('qemu-io f "write 0 1"')  # refused: the filter holds the node
             got += side.run("query-jobs")
             got += side.run("block-job-set-speed", {"device": "j", "speed": 0})
             got += side.until_event("BLOCK_JOB_COMPLETED", got)
-            replies[side.proc.args[0]] = _normalise_filter(got)
-        assert replies[LAUNCH[0]] == replies[QEMU]
-        jobs = [m["return"] for m in replies[QEMU] if isinstance(m.get("return"), list)]
+            replies[side.name] = got
+        assert replies["ours"] == replies["qemu"]
+        jobs = [m["return"] for m in replies["qemu"] if isinstance(m.get("return"), list)]
         # the first chunk, then clusters 16, 32, 47 and 48, and 49 (0 and 48 were copied)
         assert jobs[0][0]["current-progress"] == MiB + 5 * CLUSTER, jobs
     for side in (qemu, ours):
-        assert side.target.read_bytes() == SOURCE
-    assert ours.source.read_bytes() == qemu.source.read_bytes() != SOURCE
+        assert _image(side, "t") == SOURCE
+    assert _image(ours, "s") == _image(qemu, "s") != SOURCE
 
 
 @needs_qemu
@@ -153,12 +106,12 @@ def test_sync_none_copies_only_what_is_written(tmp_path: Path) -> None:
                 got += side.hmp(f'qemu-io -d disk0 "{line}"')
             got += side.run("query-jobs")
             got += side.run("block-job-cancel", {"device": "j"})  # it ends before the reply
-            replies[side.proc.args[0]] = got
-        assert replies[LAUNCH[0]] == replies[QEMU]
+            replies[side.name] = got
+        assert replies["ours"] == replies["qemu"]
     written = {16, 32, 47, 48, 0, 49}  # the clusters WRITES touch
     expected = b"".join(SOURCE[i * CLUSTER:(i + 1) * CLUSTER] if i in written
                         else bytes(CLUSTER) for i in range(4 * MiB // CLUSTER))
-    assert qemu.target.read_bytes() == ours.target.read_bytes() == expected
+    assert _image(qemu, "t") == _image(ours, "t") == expected
 
 
 BITMAP_ERRORS: list[dict[str, Any]] = [
@@ -197,7 +150,7 @@ def test_a_bitmap_backup_copies_what_was_dirty_and_leaves_the_bitmap_as_qemu(
             got += side.run("blockdev-backup", {"job-id": "j", "device": "f", "target": "tf",
                                                "sync": "bitmap", "bitmap": "b",
                                                "bitmap-mode": mode, "speed": 1})
-            side.until_progress(CLUSTER)  # cluster 8 is copied, then speed 1 holds the job
+            _until_progress(side, CLUSTER)  # cluster 8 is copied, then speed 1 holds the job
             for line in ("write -P 0x55 3211264 4096", "write -P 0x44 100 10"):
                 got += side.hmp(f'qemu-io -d disk0 "{line}"')  # cluster 49, then 0
             # (query-named-block-nodes now would differ: QEMU lists its copy-before-write
@@ -213,10 +166,8 @@ def test_a_bitmap_backup_copies_what_was_dirty_and_leaves_the_bitmap_as_qemu(
                 got += side.until_event("BLOCK_JOB_COMPLETED", got)
             got += side.run("query-named-block-nodes")
             got += side.run("x-debug-block-dirty-bitmap-sha256", {"node": "f", "name": "b"})
-            replies[side.proc.args[0]] = orjson.loads(orjson.dumps(got).replace(
-                str(side.source).encode(), b"<source>").replace(str(side.target).encode(),
-                                                                b"<target>"))
-        assert replies[LAUNCH[0]] == replies[QEMU]
+            replies[side.name] = got
+        assert replies["ours"] == replies["qemu"]
     at_start = bytearray(SOURCE)
     at_start[512 << 10:(512 << 10) + 4096] = b"\x77" * 4096
     at_start[3 * MiB:3 * MiB + 70000] = b"\x77" * 70000
@@ -224,4 +175,4 @@ def test_a_bitmap_backup_copies_what_was_dirty_and_leaves_the_bitmap_as_qemu(
                         else bytes(CLUSTER) for i in range(4 * MiB // CLUSTER))
     if cancel:  # cluster 8 by the job, 49 by the write; 48 never
         expected = expected[:48 * CLUSTER] + bytes(CLUSTER) + expected[49 * CLUSTER:]
-    assert qemu.target.read_bytes() == ours.target.read_bytes() == expected
+    assert _image(qemu, "t") == _image(ours, "t") == expected

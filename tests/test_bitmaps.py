@@ -11,7 +11,6 @@ not record; a failing transaction undoes every action before it.  Where QEMU 7.2
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 
 import orjson
 import pytest
-from qmptest import NO_QEMU_REASON, QEMU, Client, wait_for_socket
-from test_qemu_cmdline import LAUNCH
+import qemupair
+from qemupair import Side
+from qmptest import NO_QEMU_REASON, QEMU
 
 needs_qemu = pytest.mark.skipif(QEMU is None, reason=NO_QEMU_REASON)
 
@@ -107,54 +107,36 @@ REQUESTS: list[dict[str, Any]] = [
 ]
 
 
-class Side:
-    """One process with a 4 MiB raw disk: file node ``s`` under raw node ``f``."""
-
-    def __init__(self, name: str, cmd: list[str], tmp: Path) -> None:
-        image = tmp / f"{name}.raw"
-        image.write_bytes(bytes(4 * MiB))
-        self.image, sock = str(image), str(tmp / f"{name}.sock")
-        self.proc = subprocess.Popen(
-            [*cmd, "-M", "none", "-nodefaults", "-display", "none",
-             "-qmp", f"unix:{sock},server=on,wait=off",
-             "-blockdev", orjson.dumps({"driver": "file", "filename": self.image,
-                                        "node-name": "s"}).decode(),
-             "-blockdev", '{"driver":"raw","file":"s","node-name":"f"}'],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_socket(sock, self.proc, single_client=name == "qemu")
-        self.c = Client(sock, timeout=20)
-        self.c.negotiate()
-
-    def run(self, request: dict[str, Any]) -> Any:
-        """The reply (every message up to it: no events are expected), paths normalised."""
-        got = self.c.exchange(orjson.dumps(request))
-        return orjson.loads(orjson.dumps(got).replace(self.image.encode(), b"<image>"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+def _argv(name: str) -> list[str]:
+    """A 4 MiB raw disk (tmp/NAME.raw, made by the test): file node ``s`` under raw ``f``."""
+    return ["-M", "none", "-nodefaults", "-display", "none",
+            "-blockdev", '{"driver":"file","filename":"<image>","node-name":"s"}',
+            "-blockdev", '{"driver":"raw","file":"s","node-name":"f"}']
 
 
 @contextmanager
 def pair(tmp: Path) -> Iterator[tuple[Side, Side]]:
-    assert QEMU is not None
-    sides: list[Side] = []
-    try:
-        sides.append(Side("qemu", [QEMU], tmp))
-        sides.append(Side("ours", LAUNCH, tmp))
-        yield sides[0], sides[1]
-    finally:
-        for side in sides:
-            side.stop()
+    """QEMU 7.2 and qmpjobd with the disk of :func:`_argv`."""
+    for name in ("qemu", "ours"):
+        (tmp / f"{name}.raw").write_bytes(bytes(4 * MiB))
+    with qemupair.pair(tmp, lambda name: [a.replace("<image>", str(tmp / f"{name}.raw"))
+                                          for a in _argv(name)]) as sides:
+        yield sides
+
+
+def _run(side: Side, request: dict[str, Any]) -> list[Any]:
+    """The reply of a raw request, the image's name normalised."""
+    msgs = side.run(request["execute"], request.get("arguments"))
+    return orjson.loads(orjson.dumps(msgs).replace(f"<tmp>/{side.name}.raw".encode(),
+                                                   b"<image>"))
 
 
 @needs_qemu
 def test_bitmaps_as_qemu(tmp_path: Path) -> None:
     with pair(tmp_path) as (qemu, ours):
         for request in REQUESTS:
-            assert ours.run(request) == qemu.run(request), request
-        final = ours.run(NODES)
+            assert _run(ours, request) == _run(qemu, request), request
+        final = _run(ours, NODES)
     bitmaps = {n["node-name"]: {b["name"]: b for b in n.get("dirty-bitmaps", [])}
                for n in final[0]["return"]}
     assert set(bitmaps["f"]) == {"b9", "b1", "b0"} and set(bitmaps["s"]) == {"b0"}
@@ -166,16 +148,18 @@ def test_bitmaps_as_qemu(tmp_path: Path) -> None:
 def test_what_qemu_72_crashes_on_is_answered(tmp_path: Path) -> None:
     """QEMU 7.2 segfaults on a merge of no bitmaps and on a transaction that enables a
     missing one: qmpjobd merges nothing, and reports the missing bitmap."""
-    side = Side("ours", LAUNCH, tmp_path)
+    (tmp_path / "ours.raw").write_bytes(bytes(4 * MiB))
+    side = Side("ours", tmp_path, [a.replace("<image>", str(tmp_path / "ours.raw"))
+                                   for a in _argv("ours")])
     try:
-        assert side.run(_add("f", "b0")) == [{"return": {}}]
-        assert side.run(_merge("b0", [])) == [{"return": {}}]
-        assert side.run(_txn(("block-dirty-bitmap-merge", {"node": "f", "target": "b0",
-                                                           "bitmaps": []}))) == [{"return": {}}]
-        assert side.run(_txn(("block-dirty-bitmap-clear", {"node": "f", "name": "b0"}),
-                             ("block-dirty-bitmap-enable", {"node": "f", "name": "x"}))) == [
+        assert _run(side, _add("f", "b0")) == [{"return": {}}]
+        assert _run(side, _merge("b0", [])) == [{"return": {}}]
+        assert _run(side, _txn(("block-dirty-bitmap-merge", {
+            "node": "f", "target": "b0", "bitmaps": []}))) == [{"return": {}}]
+        assert _run(side, _txn(("block-dirty-bitmap-clear", {"node": "f", "name": "b0"}),
+                               ("block-dirty-bitmap-enable", {"node": "f", "name": "x"}))) == [
             {"error": {"class": "GenericError", "desc": "Dirty bitmap 'x' not found"}}]
-        assert side.run(_sha("f", "b0"))[0]["return"]["sha256"] == \
+        assert _run(side, _sha("f", "b0"))[0]["return"]["sha256"] == \
             "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc"  # 8 zero bytes
     finally:
         side.stop()
@@ -219,13 +203,13 @@ def test_a_backup_marks_the_targets_bitmaps_as_qemu(tmp_path: Path) -> None:
                     {"execute": "blockdev-add", "arguments": {
                         "driver": "raw", "file": "t", "node-name": "tf"}},
                     _add("tf", "bt"), _add("t", "bt", granularity=4096), _add("f", "bs")):
-                assert side.run(request) == [{"return": {}}], request
-            assert side.run(_io("f", "write -P 0x11 0 1M")) == [{"return": ""}]
+                assert _run(side, request) == [{"return": {}}], request
+            assert _run(side, _io("f", "write -P 0x11 0 1M")) == [{"return": ""}]
             side.c.cmd("blockdev-backup", {"job-id": "j", "device": "f", "target": "tf",
                                            "sync": "full"})
             while side.c.recv().get("event") != "BLOCK_JOB_COMPLETED":
                 pass
-        got = [side.run(NODES)[-1]["return"] for side in (qemu, ours)]
+        got = [_run(side, NODES)[-1]["return"] for side in (qemu, ours)]
         normalise = [orjson.loads(orjson.dumps(g).replace(b"q-target", b"o-target"))
                      for g in got]
         assert normalise[1] == normalise[0]

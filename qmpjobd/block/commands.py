@@ -9,7 +9,7 @@ from ..jobs import Job, JobRegistry, Txn
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
-from . import bitmap_commands
+from . import bitmap_commands, create
 from .backup import BackupJob
 from .bitmaps import DirtyBitmap
 from .graph import BlockGraph
@@ -191,3 +191,4 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     registry.register("drive-mirror", copy_command(MirrorJob, drive=True))
     registry.register("transaction", transaction)
     bitmap_commands.register(registry, graph)
+    create.register(registry, jobs)

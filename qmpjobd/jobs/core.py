@@ -458,16 +458,22 @@ class JobRegistry:
         if not job.started:
             self._completed(job)
         elif job.idle_until_cancel and job.is_cancelled and not job.deferred:
-            if job._task is not None:
-                job._task.cancel()  # its _drive ends without completing the job again
-            job.busy = False
-            job.deferred = True
-            self._completed(job)
+            self.end_now(job)
         elif job.deferred:
             if job.is_cancelled:
                 self._txn_abort(job)
         else:
             job.wake()
+
+    def end_now(self, job: Job) -> None:
+        """Complete a started job now, before the command at hand replies: its work is over
+        before its coroutine would run again (it failed at once, or it only waited to be
+        cancelled), as QEMU runs such a job to its end synchronously."""
+        if job._task is not None:
+            job._task.cancel()  # its _drive ends without completing the job again
+        job.busy = False
+        job.deferred = True
+        self._completed(job)
 
     def _cancel_async(self, job: Job, force: bool) -> None:
         force = job.cancel_mode(force)

@@ -53,6 +53,13 @@ def declare(s: Schema) -> None:
              "null-co": "BlockdevOptionsNull", "raw": "BlockdevOptionsRaw"})
     s.alternate("BlockdevRef", ["BlockdevOptions", "str"])
     s.command("blockdev-add", "BlockdevOptions")
+    s.enum("PreallocMode", ["off", "metadata", "falloc", "full"])
+    s.struct("BlockdevCreateOptionsFile", {"filename": "str", "size": "size",
+                                           "*preallocation": "PreallocMode", "*nocow": "bool",
+                                           "*extent-size-hint": "size"})
+    s.union("BlockdevCreateOptions", {"driver": "BlockdevDriver"}, "driver",
+            {"file": "BlockdevCreateOptionsFile"})
+    s.command("blockdev-create", {"job-id": "str", "options": "BlockdevCreateOptions"})
     s.command("blockdev-del", {"node-name": "str"})
     s.struct("ImageInfo", {"filename": "str", "format": "str", "*dirty-flag": "bool",
                            "*actual-size": "int", "virtual-size": "int",
