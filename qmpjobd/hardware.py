@@ -52,9 +52,11 @@ class Device:
 
     @property
     def block_qdev(self) -> str:
-        """The QOM path query-block reports: virtio-blk's backend is its inner device."""
-        return f"{self.qom_path}/virtio-backend" if self.driver in _VIRTIO_BLK \
-            else self.qom_path
+        """What query-block reports as the device (blk_get_attached_dev_id): its id, or its
+        QOM path without one; virtio-blk's backend is the inner device, which has no id."""
+        if self.driver in _VIRTIO_BLK:
+            return f"{self.qom_path}/virtio-backend"
+        return self.id or self.qom_path
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Hardware:
         """The accelerator's name in the vCPU threads' names (QEMU's debug-threads)."""
         self._vcpus = [_Vcpu(i) for i in range(cpus)]
         self._started = False
+        block.on_replace.append(self._node_replaced)
 
     def add_device(self, dev: Device) -> None:
         """Attach a device; its drive must name an existing node (QEMU's texts otherwise)."""
@@ -132,6 +135,16 @@ class Hardware:
                 raise QMPError(f"Property '{dev.driver}.drive' can't take value "
                                f"'{dev.drive}': Node '{dev.drive}' is already in use")
         self.devices[dev.id or dev.qom_path] = dev
+        if dev.drive is not None:
+            self.block.nodes[dev.drive].devices.add(dev.id or dev.qom_path)
+
+    def _node_replaced(self, old: BlockNode, new: BlockNode) -> None:
+        """A mirror pivoted: the devices on ``old`` now have ``new`` inserted."""
+        for key, dev in self.devices.items():
+            if dev.drive == old.node_name:
+                dev.drive = new.node_name
+                old.devices.discard(key)
+                new.devices.add(key)
 
     # -- qemu-io targets (HMP) ---------------------------------------------------------------
 

@@ -176,3 +176,33 @@ def test_a_bitmap_backup_copies_what_was_dirty_and_leaves_the_bitmap_as_qemu(
     if cancel:  # cluster 8 by the job, 49 by the write; 48 never
         expected = expected[:48 * CLUSTER] + bytes(CLUSTER) + expected[49 * CLUSTER:]
     assert _image(qemu, "t") == _image(ours, "t") == expected
+
+
+@needs_qemu
+def test_a_mirror_converges_and_pivots_as_qemu(tmp_path: Path) -> None:
+    """Writes after READY are copied too (progress and len grow by their clusters); after
+    job-complete the device's node is the target, which equals the source; the old source
+    can go, the target cannot (a device uses it)."""
+    with pair(tmp_path) as (qemu, ours):
+        replies: dict[str, list[Any]] = {}
+        for side in (qemu, ours):
+            got = side.run("blockdev-del", {"node-name": "f"})  # in use by disk0
+            got += side.run("blockdev-mirror", {"job-id": "m", "device": "f", "target": "tf",
+                                               "sync": "full"})
+            got += side.until_event("BLOCK_JOB_READY", got)
+            for line in WRITES:
+                got += side.hmp(f'qemu-io -d disk0 "{line}"')
+            got += side.run("job-complete", {"id": "m"})
+            got += side.until_event("BLOCK_JOB_COMPLETED", got)
+            got += side.run("query-block")
+            got += side.run("blockdev-del", {"node-name": "f"})
+            got += side.run("blockdev-del", {"node-name": "tf"})
+            got += side.hmp('qemu-io -d disk0 "write -P 0x99 0 512"')  # now the target's
+            replies[side.name] = got
+        assert replies["ours"] == replies["qemu"]
+        done = next(m for m in replies["qemu"] if m.get("event") == "BLOCK_JOB_COMPLETED")
+        assert done["data"]["len"] == done["data"]["offset"] == 4 * MiB + 6 * CLUSTER
+    for side in (qemu, ours):
+        target, source = _image(side, "t"), _image(side, "s")
+        assert target[512:] == source[512:] and target[:512] == b"\x99" * 512
+    assert _image(ours, "t") == _image(qemu, "t")

@@ -90,6 +90,24 @@ class DirtyBitmap:
             i += run
         return out
 
+    def take(self, limit: int) -> list[tuple[int, int]]:
+        """Clear and return dirty byte ranges, the first ``limit`` bytes' worth of them (a
+        mirror's next pass: a write after this marks them again)."""
+        out: list[tuple[int, int]] = []
+        size = 0
+        for start, n in self.dirty_ranges():
+            n = min(n, limit - size)
+            out.append((start, n))
+            size += n
+            if size >= limit:
+                break
+        with self._lock:
+            for start, n in out:
+                first, last = start // self.granularity, (start + n - 1) // self.granularity
+                for i in range(first, last + 1):
+                    self._bits[i // 8] &= ~(1 << (i % 8)) & 0xFF
+        return out
+
     def snapshot(self) -> bytes:
         """A copy of the bits (for a transaction's undo)."""
         with self._lock:

@@ -89,6 +89,8 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
                   auto_dismiss=args.get("auto-dismiss", True),
                   speed=args.get("speed", 0))
         job.sync = sync
+        if isinstance(job, MirrorJob):
+            job.on_pivot = graph.replace
         if bitmap is not None:
             job.sync_bitmap, job.bitmap_mode = bitmap, mode
         if job.cbw:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno as errnos
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ..protocol.errors import QMPError
@@ -19,6 +20,8 @@ class BlockGraph:
 
     def __init__(self) -> None:
         self.nodes: dict[str, BlockNode] = {}
+        self.on_replace: list[Callable[[BlockNode, BlockNode], None]] = []
+        """Told when a node takes another's place (a mirror's pivot): devices follow."""
         self._auto = 0
         self._reserved: set[str] = set()
 
@@ -46,6 +49,11 @@ class BlockGraph:
                 child.parents.append(n)
             self.nodes[n.node_name] = n
         return node
+
+    def replace(self, old: BlockNode, new: BlockNode) -> None:
+        """``new`` takes ``old``'s place for whoever uses it from outside the graph."""
+        for listener in list(self.on_replace):
+            listener(old, new)
 
     def auto_name(self) -> str:
         """A name for a node nobody named (an inline child, a job's filter): ``#blockNNN``."""
@@ -135,6 +143,8 @@ class BlockGraph:
         node = self.nodes.get(name)
         if node is None:
             raise QMPError(f"Failed to find node with node-name='{name}'")
+        if node.devices:
+            raise QMPError(f"Node {name} is in use")
         if not node.monitor_owned:
             raise QMPError(f"Node {name} is not owned by the monitor")
         if node.job_targets:

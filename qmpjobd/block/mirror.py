@@ -1,16 +1,22 @@
-"""The mirror job: copy a source node to a target, report READY, then finish on request.
+"""The mirror job: copy a source node to a target while the guest writes, report READY
+once they are in sync, then finish on request.
 
-With nothing writing to the source in qmpjobd, the target stays in sync once the first pass
-is done; ``job-complete`` finishes with a pivot (the target takes the source's place for the
-nodes listed in ``replaces``), a soft ``block-job-cancel`` in READY finishes without one.
+A dirty bitmap of the job's own (64 KiB granules) marks every write to the source; the job
+copies dirty ranges, BUF_SIZE at a time, until none are left (READY), and keeps copying what
+writes dirty afterwards.  ``job-complete`` (or a soft cancel in READY) holds the source's
+writes, copies what is still dirty and finishes: with a pivot for job-complete (the devices
+on the source move to the target), without one for a soft cancel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..jobs import JobCancelled
-from .backup import CHUNK, BackupJob
+from .backup import CHUNK, CLUSTER, BackupJob
+from .bitmaps import DirtyBitmap
+from .nodes import BlockNode
 
 BUF_SIZE = 16 << 20
 """QEMU's default mirror buf-size: what one iteration issues before the rate limit."""
@@ -26,33 +32,59 @@ class MirrorJob(BackupJob):
         super().__init__(*args, **kw)
         self.completion_requested = False
         self.pivoted = False
+        self.on_pivot: Callable[[BlockNode, BlockNode], None] | None = None
+        """Called at the pivot: whoever attached to the source moves to the target."""
+        self.tracker = DirtyBitmap("", CLUSTER, self.source.length)
+        self.tracker.set_range(0, self.source.length)  # sync full: everything to copy
+        self._frozen = False
+
+    def attach(self) -> None:
+        super().attach()
+        self.source.trackers.append(self.tracker)
 
     async def copy_all(self) -> None:
-        """As mirror_iteration(): issue up to BUF_SIZE (CHUNK by CHUNK) and charge it to the
-        rate limit, then sleep what the limit says; the copy overlaps the slice, as QEMU's
-        requests are in flight while it sleeps, and an early sample can run ahead of
-        ``speed``."""
-        length = self.source.length
-        self.set_progress(0, length)
-        offset = 0
-        while offset < length:
-            end = min(offset + BUF_SIZE, length)
-            self.dispatched(end - offset)
-            while offset < end:
-                n = min(CHUNK, end - offset)
-                await self._copy_with_policy(offset, n)
-                offset += n
-                self.set_progress(offset)
-                if self.is_cancelled:
-                    raise JobCancelled
+        """As mirror_iteration(): take up to BUF_SIZE of dirty ranges and charge them to the
+        rate limit, copy them CHUNK by CHUNK, then sleep what the limit says; returns when
+        nothing is dirty.  Progress: copied so far, of that plus what is still dirty."""
+        copied = self.current_progress
+        while ranges := self.tracker.take(BUF_SIZE):
+            pending = sum(n for _, n in ranges)  # in flight: still part of the total
+            self.dispatched(pending)
+            for start, n in ranges:
+                for offset in range(start, start + n, CHUNK):
+                    step = min(CHUNK, start + n - offset)
+                    await self._copy_with_policy(offset, step)
+                    copied += step
+                    pending -= step
+                    self.set_progress(copied, copied + pending + self.tracker.count)
+                    if self.is_cancelled:
+                        raise JobCancelled
             await self.rate_limit(0)
 
     async def run(self) -> None:
+        self.set_progress(0, self.tracker.count)
         await self.copy_all()
         await self.io(self.target.flush, hold=self.files)  # mirror_flush() before READY
         self.set_ready()
         while not (self.completion_requested or self.cancelled):
-            await self.sleep(0.1)  # in sync; a pause point for pause and cancel
+            await self.sleep(0.1)  # a pause point for pause and cancel
+            await self.copy_all()  # what the guest wrote meanwhile
+        # the end, in a drained section: no write gets in between the last copy and the pivot
+        copied = await self.io(self._last_sync, hold=self.files)
+        self.set_progress(self.current_progress + copied,
+                          self.current_progress + copied)
+
+    def _last_sync(self) -> int:
+        """In a worker thread: hold the source's writes, copy what is still dirty."""
+        self.source.freeze()
+        self._frozen = True
+        copied = 0
+        while ranges := self.tracker.take(1 << 62):
+            for start, n in ranges:
+                self._copy_range(start, n)
+                copied += n
+        self.target.flush()
+        return copied
 
     def cancel_mode(self, force: bool) -> bool:
         """Before READY every cancel is forced; in READY a soft cancel completes unpivoted."""
@@ -63,3 +95,13 @@ class MirrorJob(BackupJob):
 
     def commit(self) -> None:
         self.pivoted = self.completion_requested and not self.cancelled
+        if self.pivoted and self.on_pivot is not None:
+            self.on_pivot(self.source, self.target)
+
+    def clean(self) -> None:
+        if self.tracker in self.source.trackers:
+            self.source.trackers.remove(self.tracker)
+        if self._frozen:
+            self._frozen = False
+            self.source.thaw()
+        super().clean()

@@ -53,6 +53,13 @@ class BlockNode:
         self.unmap = False
         self.bitmaps: dict[str, DirtyBitmap] = {}
         """Dirty bitmaps by name, oldest first (query-named-block-nodes lists newest first)."""
+        self.trackers: list[DirtyBitmap] = []
+        """Jobs' own dirty bitmaps (a mirror's): marked like the named ones, not listed."""
+        self.devices: set[str] = set()
+        """The devices whose drive this node is (blockdev-del refuses it: 'in use')."""
+        self._writes = threading.Condition()
+        self._in_flight = 0
+        self._frozen = 0
         self.filters: list[str] = []
         """Names of the filter nodes above this one that do not share writes (a backup's
         copy-before-write filter): a write by node name is refused while one is there."""
@@ -76,13 +83,44 @@ class BlockNode:
         """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread.  The
         node's bitmaps are marked whether or not the write succeeds, as QEMU's
         bdrv_co_write_req_finish() marks them."""
-        for hook in list(self.before_write):
-            hook(offset, len(data))
+        self._enter_write()
         try:
-            self._pwrite(offset, data, event)
+            for hook in list(self.before_write):
+                hook(offset, len(data))
+            try:
+                self._pwrite(offset, data, event)
+            finally:
+                if self.bitmaps or self.trackers:
+                    self.mark_dirty(offset, len(data))
         finally:
-            if self.bitmaps:
-                self.mark_dirty(offset, len(data))
+            self._leave_write()
+
+    def _enter_write(self) -> None:
+        """Wait while a job holds this node's writes (a mirror's last sync), then count the
+        write as in flight."""
+        with self._writes:
+            while self._frozen:
+                self._writes.wait()
+            self._in_flight += 1
+
+    def _leave_write(self) -> None:
+        with self._writes:
+            self._in_flight -= 1
+            self._writes.notify_all()
+
+    def freeze(self) -> None:
+        """Hold new writes (and discards) and wait until those in flight are done: a drained
+        section, in a worker thread."""
+        with self._writes:
+            self._frozen += 1
+            while self._in_flight:
+                self._writes.wait()
+
+    def thaw(self) -> None:
+        """End a :meth:`freeze`: held writes go on."""
+        with self._writes:
+            self._frozen -= 1
+            self._writes.notify_all()
 
     def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
         """The driver's write."""
@@ -90,7 +128,7 @@ class BlockNode:
 
     def mark_dirty(self, offset: int, length: int) -> None:
         """A write or discard reached ``[offset, offset + length)`` of this node."""
-        for bitmap in list(self.bitmaps.values()):
+        for bitmap in [*self.bitmaps.values(), *self.trackers]:
             bitmap.mark(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
@@ -98,12 +136,16 @@ class BlockNode:
         layer); it changes the data, so the copy-before-write hooks run and bitmaps mark."""
         if not self.unmap or not length:
             return
-        for hook in list(self.before_write):
-            hook(offset, length)
+        self._enter_write()
         try:
-            self._discard(offset, length)
+            for hook in list(self.before_write):
+                hook(offset, length)
+            try:
+                self._discard(offset, length)
+            finally:
+                self.mark_dirty(offset, length)
         finally:
-            self.mark_dirty(offset, length)
+            self._leave_write()
 
     def _discard(self, offset: int, length: int) -> None:
         """The driver's discard: passed to the layer below."""
