@@ -112,3 +112,43 @@ def test_a_domain_lives_its_life_on_qmpjobd(libvirt: Path, tmp_path: Path) -> No
     wait(lambda: not alive(pid), "the emulator to exit")
     virsh("undefine", NAME)
     assert virsh("domstate", NAME, check=False).returncode != 0
+
+
+def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> None:
+    """virsh blockcopy on qmpjobd, as on QEMU 7.2 (same outputs, tried on both): libvirt
+    creates the copy with blockdev-create, mirrors, and with --pivot the disk is the copy
+    afterwards; --finish leaves the disk where it is; an unfinished copy shows in blockjob
+    --info and goes with --abort.  Each finished copy equals the disk."""
+    name = f"{NAME}-copy"
+    image = IMAGES / f"{name}.raw"
+    image.write_bytes(bytes(range(256)) * (16 << 12))  # 16 MiB, not all zeros
+    copies = [IMAGES / f"{name}-{n}.raw" for n in ("pivot", "finish", "abort")]
+    for copy in copies:
+        copy.unlink(missing_ok=True)
+    xml = tmp_path / "domain.xml"
+    xml.write_text(DOMAIN.format(name=name, emulator=EMULATOR, image=image))
+    virsh("define", str(xml))
+    try:
+        virsh("start", name)
+        done = virsh("blockcopy", name, "vda", str(copies[0]), "--wait", "--verbose", "--pivot",
+                     "--transient-job")
+        assert "Successfully pivoted" in done.stdout
+        assert f"vda      {copies[0]}" in virsh("domblklist", name).stdout
+        assert "vda rd_req 0" in virsh("domblkstat", name, "vda").stdout
+        done = virsh("blockcopy", name, "vda", str(copies[1]), "--wait", "--finish",
+                     "--transient-job")
+        assert "Successfully copied" in done.stdout
+        assert f"vda      {copies[0]}" in virsh("domblklist", name).stdout
+        assert copies[0].read_bytes() == copies[1].read_bytes() == image.read_bytes()
+        virsh("blockcopy", name, "vda", str(copies[2]), "--transient-job", "--bandwidth", "1")
+        info = virsh("blockjob", name, "vda", "--info").stdout
+        assert "Bandwidth limit: 1048576 bytes/s (1.000 MiB/s)" in info
+        virsh("blockjob", name, "vda", "--abort")
+        assert virsh("blockjob", name, "vda", "--info").stdout.strip() == \
+            "No current block job for vda"
+        assert f"vda      {copies[0]}" in virsh("domblklist", name).stdout
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        for path in (image, *copies):
+            path.unlink(missing_ok=True)
