@@ -152,3 +152,35 @@ def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> 
         virsh("undefine", name, check=False)
         for path in (image, *copies):
             path.unlink(missing_ok=True)
+
+
+def test_a_push_backup_is_the_disk(libvirt: Path, tmp_path: Path) -> None:
+    """virsh backup-begin in push mode on qmpjobd, as on QEMU 7.2 (same outputs, tried on
+    both): libvirt creates the target, runs a backup transaction and dismisses the job;
+    domjobinfo --completed reports it; the target equals the disk."""
+    name = f"{NAME}-backup"
+    image = IMAGES / f"{name}.raw"
+    image.write_bytes(bytes(range(256)) * (16 << 12))
+    target = IMAGES / f"{name}-target.raw"
+    target.unlink(missing_ok=True)
+    xml = tmp_path / "domain.xml"
+    xml.write_text(DOMAIN.format(name=name, emulator=EMULATOR, image=image))
+    backup = tmp_path / "backup.xml"
+    backup.write_text(f"<domainbackup mode='push'><disks><disk name='vda' type='file'>"
+                      f"<target file='{target}'/><driver type='raw'/></disk></disks>"
+                      "</domainbackup>")
+    virsh("define", str(xml))
+    try:
+        virsh("start", name)
+        assert "Backup started" in virsh("backup-begin", name, str(backup)).stdout
+        wait(lambda: "Job type:         None" in virsh("domjobinfo", name).stdout,
+             "the backup to end")
+        done = virsh("domjobinfo", name, "--completed").stdout
+        assert "Job type:         Completed" in done and "Operation:        Backup" in done
+        assert "File processed:   16.000 MiB" in done
+        assert target.read_bytes() == image.read_bytes()
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        for path in (image, target):
+            path.unlink(missing_ok=True)
