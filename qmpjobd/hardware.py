@@ -164,6 +164,15 @@ class Hardware:
             raise QMPError(f"Cannot find device='' nor node-name='{name}'")
         return node, None
 
+    def drive_node(self, device: str) -> BlockNode:
+        """The node a device's drive is now (after any pivot), for the disk workload."""
+        dev = self.devices.get(device)
+        if dev is None:
+            raise QMPError(f"Device '{device}' not found", "DeviceNotFound")
+        if dev.drive is None or dev.drive not in self.block.nodes:
+            raise QMPError(f"Device '{device}' has no drive")
+        return self.block.nodes[dev.drive]
+
     def write_refusal(self, node: BlockNode, dev: Device | None) -> str | None:
         """Why a qemu-io write on ``node`` is refused, as QEMU's permission check says it: a
         device (without share-rw) or a format node above it that does not share writes,

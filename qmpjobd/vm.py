@@ -17,6 +17,7 @@ from typing import Any
 from .block import commands as block_commands
 from .block import hmp as block_hmp
 from .block.graph import BlockGraph
+from .block.workload import DiskWorkloads
 from .colo import commands as colo_commands
 from .colo import stubs as colo_stubs
 from .colo.guest import Guest
@@ -68,6 +69,8 @@ class Vm:
                                  max_cpus=max_cpus, topology=topology,
                                  ram=guest.pages * guest.page_size)
         self.hardware.register(self.registry)
+        self.disk_workloads = DiskWorkloads(self.hardware.drive_node)
+        self.disk_workloads.register(self.registry)
         if paused:
             self.machine.status = "prelaunch"
             self.machine.autostart = False
@@ -166,5 +169,6 @@ class Vm:
     def close(self) -> None:
         """Release what the VM holds: replication links and block nodes."""
         self._end_replication()
+        self.disk_workloads.close()
         self.hardware.close()
         self.block.close()

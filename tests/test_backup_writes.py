@@ -206,3 +206,61 @@ def test_a_mirror_converges_and_pivots_as_qemu(tmp_path: Path) -> None:
         target, source = _image(side, "t"), _image(side, "s")
         assert target[512:] == source[512:] and target[:512] == b"\x99" * 512
     assert _image(ours, "t") == _image(qemu, "t")
+
+
+def _workload(side: Side, **args: Any) -> None:
+    assert side.run("x-daemon-disk-workload", {"device": "disk0", **args})[-1] == \
+        {"return": {}}
+
+
+def _writes(side: Side) -> int:
+    return int(side.c.cmd("x-query-disk-workload")["return"][0]["writes"])
+
+
+def _more_writes(side: Side, than: int) -> None:
+    """Poll the workload's counter (another thread's progress) until it passes ``than``."""
+    for _ in range(20000):
+        if _writes(side) > than:
+            return
+    raise AssertionError("the disk workload did not write")
+
+
+def test_the_disk_workload_under_a_backup_and_a_mirror(tmp_path: Path) -> None:
+    """x-daemon-disk-workload writes through the device's path: a backup started while it
+    is paused holds the disk as it was then, though the writer goes on during the job; a
+    mirror under the writer converges, and after the pivot the writer writes to the copy."""
+    (tmp_path / "ours-s.raw").write_bytes(SOURCE)
+    (tmp_path / "ours-t.raw").write_bytes(bytes(len(SOURCE)))
+    side = Side("ours", tmp_path, _argv(tmp_path, "ours"))
+    try:
+        _workload(side, rate=4 * MiB, **{"block-size": 4096})
+        _more_writes(side, 50)
+        _workload(side, rate=0)  # paused: the disk is what the backup must hold
+        snapshot = _image(side, "s")
+        got = side.run("blockdev-backup", {"job-id": "b", "device": "f", "target": "tf",
+                                           "sync": "full", "speed": 4 * MiB})
+        before = _writes(side)
+        _workload(side, rate=8 * MiB, pattern="sweep")
+        side.until_event("BLOCK_JOB_COMPLETED", got)
+        _workload(side, rate=0)
+        assert _writes(side) > before  # the writer wrote while the job ran
+        assert _image(side, "t") == snapshot != _image(side, "s")
+
+        _workload(side, rate=4 * MiB, pattern="hot-set")
+        got = side.run("blockdev-mirror", {"job-id": "m", "device": "f", "target": "tf",
+                                           "sync": "full"})
+        side.until_event("BLOCK_JOB_READY", got)
+        _more_writes(side, _writes(side) + 100)  # writes after READY
+        _workload(side, rate=0)
+        got = side.run("job-complete", {"id": "m"})
+        side.until_event("BLOCK_JOB_COMPLETED", got)
+        assert _image(side, "t") == _image(side, "s")
+        at_pivot = _image(side, "s")
+        _workload(side, rate=4 * MiB)
+        _more_writes(side, _writes(side) + 20)
+        _workload(side, rate=0)
+        assert _image(side, "s") == at_pivot != _image(side, "t")  # it writes to the copy
+        info = side.c.cmd("x-query-disk-workload")["return"]
+        assert info[0]["running"] is False and info[0]["bytes"] == info[0]["writes"] * 4096
+    finally:
+        side.stop()

@@ -136,6 +136,14 @@ def declare(s: Schema) -> None:
     s.enum("XWorkloadPattern", ["random", "sweep", "hot-set"])
     s.command("x-daemon-workload", {"*rate": "uint32", "*pattern": "XWorkloadPattern",
                                     "*hot-pages": "uint32"})
+    s.command("x-daemon-disk-workload", {"device": "str", "*rate": "uint64",
+                                         "*block-size": "uint32",
+                                         "*pattern": "XWorkloadPattern", "*offset": "uint64",
+                                         "*length": "uint64"})
+    s.struct("XDiskWorkload", {"device": "str", "rate": "int", "block-size": "int",
+                               "pattern": "XWorkloadPattern", "writes": "int", "bytes": "int",
+                               "running": "bool", "*error": "str"})
+    s.command("x-query-disk-workload", returns=["XDiskWorkload"])
     s.struct("XGuestCheckpoint", {"checkpoint": "int", "digest": "str"})
     s.struct("XGuestState", {"digest": "str", "checkpoint": "int", "checkpoint-digest": "str",
                              "history": ["XGuestCheckpoint"], "dirty-pages": "int",
