@@ -114,15 +114,32 @@ def test_a_domain_lives_its_life_on_qmpjobd(libvirt: Path, tmp_path: Path) -> No
     assert virsh("domstate", NAME, check=False).returncode != 0
 
 
+def _workload(name: str, rate: int) -> None:
+    """The emulated guest's writes to vda (virtio-disk0), through libvirt's QMP pass-through;
+    rate 0 stops it once its last write is done."""
+    reply = orjson.loads(virsh("qemu-monitor-command", name, orjson.dumps({
+        "execute": "x-daemon-disk-workload",
+        "arguments": {"device": "virtio-disk0", "rate": rate}}).decode()).stdout)
+    assert reply["return"] == {}, reply
+
+
+def _workload_writes(name: str) -> int:
+    reply = orjson.loads(virsh("qemu-monitor-command", name,
+                               '{"execute":"x-query-disk-workload"}').stdout)
+    return int(reply["return"][0]["writes"]) if reply["return"] else 0
+
+
 def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> None:
     """virsh blockcopy on qmpjobd, as on QEMU 7.2 (same outputs, tried on both): libvirt
     creates the copy with blockdev-create, mirrors, and with --pivot the disk is the copy
     afterwards; --finish leaves the disk where it is; an unfinished copy shows in blockjob
-    --info and goes with --abort.  Each finished copy equals the disk."""
+    --info and goes with --abort.  Each finished copy equals the disk.  Last, a copy made
+    while the guest writes (x-daemon-disk-workload), the writer stopped before the pivot,
+    equals the disk it leaves."""
     name = f"{NAME}-copy"
     image = IMAGES / f"{name}.raw"
     image.write_bytes(bytes(range(256)) * (16 << 12))  # 16 MiB, not all zeros
-    copies = [IMAGES / f"{name}-{n}.raw" for n in ("pivot", "finish", "abort")]
+    copies = [IMAGES / f"{name}-{n}.raw" for n in ("pivot", "finish", "abort", "written")]
     for copy in copies:
         copy.unlink(missing_ok=True)
     xml = tmp_path / "domain.xml"
@@ -147,6 +164,17 @@ def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> 
         assert virsh("blockjob", name, "vda", "--info").stdout.strip() == \
             "No current block job for vda"
         assert f"vda      {copies[0]}" in virsh("domblklist", name).stdout
+
+        _workload(name, 4 << 20)
+        wait(lambda: _workload_writes(name) > 50, "the guest's writes")
+        ready = virsh("blockcopy", name, "vda", str(copies[3]), "--wait", "--transient-job")
+        assert "Now in mirroring phase" in ready.stdout
+        written = _workload_writes(name)
+        wait(lambda: _workload_writes(name) > written + 50, "writes while mirroring")
+        _workload(name, 0)
+        virsh("blockjob", name, "vda", "--pivot")
+        assert f"vda      {copies[3]}" in virsh("domblklist", name).stdout
+        assert copies[3].read_bytes() == copies[0].read_bytes() != image.read_bytes()
     finally:
         virsh("destroy", name, check=False)
         virsh("undefine", name, check=False)
@@ -157,7 +185,9 @@ def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> 
 def test_a_push_backup_is_the_disk(libvirt: Path, tmp_path: Path) -> None:
     """virsh backup-begin in push mode on qmpjobd, as on QEMU 7.2 (same outputs, tried on
     both): libvirt creates the target, runs a backup transaction and dismisses the job;
-    domjobinfo --completed reports it; the target equals the disk."""
+    domjobinfo --completed reports it.  The guest writes (x-daemon-disk-workload) before the
+    backup and again from the moment it has begun; the target is the disk as it was when the
+    backup began, the copy this test takes at that instant with the writer paused."""
     name = f"{NAME}-backup"
     image = IMAGES / f"{name}.raw"
     image.write_bytes(bytes(range(256)) * (16 << 12))
@@ -172,13 +202,21 @@ def test_a_push_backup_is_the_disk(libvirt: Path, tmp_path: Path) -> None:
     virsh("define", str(xml))
     try:
         virsh("start", name)
+        _workload(name, 4 << 20)
+        wait(lambda: _workload_writes(name) > 50, "the guest's writes")
+        _workload(name, 0)
+        at_start = image.read_bytes()
         assert "Backup started" in virsh("backup-begin", name, str(backup)).stdout
+        written = _workload_writes(name)
+        _workload(name, 64 << 20)
         wait(lambda: "Job type:         None" in virsh("domjobinfo", name).stdout,
              "the backup to end")
+        _workload(name, 0)
         done = virsh("domjobinfo", name, "--completed").stdout
         assert "Job type:         Completed" in done and "Operation:        Backup" in done
         assert "File processed:   16.000 MiB" in done
-        assert target.read_bytes() == image.read_bytes()
+        assert target.read_bytes() == at_start
+        assert _workload_writes(name) > written and image.read_bytes() != at_start
     finally:
         virsh("destroy", name, check=False)
         virsh("undefine", name, check=False)
