@@ -51,6 +51,8 @@ class BlockNode:
         self.monitor_owned = False
         """Added by blockdev-add itself (not an inline child): only these can be deleted."""
         self.unmap = False
+        """``discard: unmap``: discard requests reach the layer below (QEMU's BDRV_O_UNMAP,
+        checked at every layer); with the default ``ignore`` they stop here."""
         self.bitmaps: dict[str, DirtyBitmap] = {}
         """Dirty bitmaps by name, oldest first (query-named-block-nodes lists newest first)."""
         self.trackers: list[DirtyBitmap] = []
@@ -66,8 +68,6 @@ class BlockNode:
         self.before_write: list[Callable[[int, int], None]] = []
         """Called with (offset, length) in the writer's thread before a write or discard
         changes this node's data (a backup's copy-before-write); raising fails the write."""
-        """``discard: unmap``: discard requests reach the layer below (QEMU's BDRV_O_UNMAP,
-        checked at every layer); with the default ``ignore`` they stop here."""
 
     @property
     def length(self) -> int:
