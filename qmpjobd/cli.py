@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "signed by it")
     s.add_argument("--colo-tls", action="store_true",
                    help="use TLS (the same files) on the COLO replication link")
+    s.add_argument("--nbd-any-address", action="store_true",
+                   help="let nbd-server-start listen on addresses other than loopback "
+                        "(the NBD server has no TLS; COLO across hosts needs this)")
     s.add_argument("--max-message", type=_positive, default=Limits.max_message, metavar="BYTES",
                    help=f"largest request a client may send (default {Limits.max_message}, "
                         "QEMU's limit)")
@@ -271,6 +274,7 @@ async def serve(args: argparse.Namespace) -> int:
     vm = Vm(version=args.qemu_version, package=package, name=args.name, guest=guest,
             incoming=args.incoming, paused=args.paused, compat=args.qemu_compat,
             colo_tls=colo_tls)
+    vm.nbd.any_address = args.nbd_any_address
     vm.jobs.shutdown_grace = args.shutdown_grace
     try:
         plugins.register_all(args.plugin, vm)

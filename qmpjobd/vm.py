@@ -17,6 +17,7 @@ from typing import Any
 from .block import commands as block_commands
 from .block import hmp as block_hmp
 from .block.graph import BlockGraph
+from .block.nbd import NbdServer
 from .block.workload import DiskWorkloads
 from .colo import commands as colo_commands
 from .colo import stubs as colo_stubs
@@ -64,6 +65,8 @@ class Vm:
         job_commands.register(self.registry, self.jobs)
         self.block = BlockGraph()
         block_commands.register(self.registry, self.block, self.jobs)
+        self.nbd = NbdServer(self.block, self)
+        self.nbd.register(self.registry)
         guest = guest or Guest()
         self.hardware = Hardware(self.block, cpus=cpus, cpu_model=cpu_model, uuid=uuid,
                                  max_cpus=max_cpus, topology=topology,
@@ -170,5 +173,6 @@ class Vm:
         """Release what the VM holds: replication links and block nodes."""
         self._end_replication()
         self.disk_workloads.close()
+        self.nbd.close()
         self.hardware.close()
         self.block.close()

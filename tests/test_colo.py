@@ -499,9 +499,12 @@ def test_colo_ft_sequence_replays(tmp_path: object) -> None:
     pri = start_qmpjobd(str(tmp_path), "-S", name="p.sock")
     s, p = EvClient(sec.path), EvClient(pri.path)
     nf = "GenericError"
+    # docs/COLO-FT.txt listens on 0.0.0.0:9999; qmpjobd serves NBD without TLS on loopback
+    # only (test_nbd.py), and a free port keeps parallel runs apart.
+    nbd_port = __import__("colotest").free_port()
     _replay(s, [
-        ("nbd-server-start", {"addr": {"type": "inet", "data": {"host": "0.0.0.0",
-                                                                "port": "9999"}}}, {}),
+        ("nbd-server-start", {"addr": {"type": "inet", "data": {"host": "127.0.0.1",
+                                                                "port": str(nbd_port)}}}, {}),
         ("nbd-server-add", {"device": "parent0", "writable": True},
          (nf, "Cannot find device='parent0' nor node-name='parent0'"))])
     assert p.ok("query-status")["status"] == "prelaunch"

@@ -138,7 +138,8 @@ def _daemon_argv(case: dict[str, Any]) -> list[str]:
     argv = ["--incoming", "defer"] if case["argv_extra"] == ["-incoming", "defer"] else \
         ["-S"] if case["argv_extra"] == ["-S"] else []
     assert len(argv) == len(case["argv_extra"]), case["argv_extra"]
-    return argv
+    # docs/COLO-FT.txt's secondary serves NBD on 0.0.0.0 (the primary is another host)
+    return [*argv, "--nbd-any-address"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

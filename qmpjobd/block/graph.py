@@ -143,7 +143,7 @@ class BlockGraph:
         node = self.nodes.get(name)
         if node is None:
             raise QMPError(f"Failed to find node with node-name='{name}'")
-        if node.devices:
+        if node.devices or node.exports:
             raise QMPError(f"Node {name} is in use")
         if not node.monitor_owned:
             raise QMPError(f"Node {name} is not owned by the monitor")

@@ -22,7 +22,7 @@ from ..protocol.encode import qemu_dumps
 from ..protocol.request import qdict_order
 from .bitmaps import DirtyBitmap
 
-FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE = 0x01, 0x02
+FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE = 0x01, 0x02, 0x10
 
 
 class BlockNode:
@@ -59,6 +59,8 @@ class BlockNode:
         """Jobs' own dirty bitmaps (a mirror's): marked like the named ones, not listed."""
         self.devices: set[str] = set()
         """The devices whose drive this node is (blockdev-del refuses it: 'in use')."""
+        self.exports: set[str] = set()
+        """The block exports (by id) serving this node (blockdev-del refuses it too)."""
         self._writes = threading.Condition()
         self._in_flight = 0
         self._frozen = 0
@@ -147,6 +149,32 @@ class BlockNode:
         finally:
             self._leave_write()
 
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Make a range read as zeros (in a worker thread): a write for the copy-before-write
+        hooks and the bitmaps, which the file driver does with FALLOC_FL_ZERO_RANGE as
+        file-posix does (the range then reads as a hole in block status)."""
+        self._enter_write()
+        try:
+            for hook in list(self.before_write):
+                hook(offset, length)
+            try:
+                self._write_zeroes(offset, length)
+            finally:
+                if self.bitmaps or self.trackers:
+                    self.mark_dirty(offset, length)
+        finally:
+            self._leave_write()
+
+    def _write_zeroes(self, offset: int, length: int) -> None:
+        """The driver's zeroing: passed to the layer below, else written as zeros."""
+        if self.children:
+            self.children[0].write_zeroes(self._child_offset(offset), length)
+            return
+        while length:
+            n = min(length, 4 << 20)
+            self._pwrite(offset, bytes(n), False)
+            offset, length = offset + n, length - n
+
     def _discard(self, offset: int, length: int) -> None:
         """The driver's discard: passed to the layer below."""
         if self.children:
@@ -159,6 +187,13 @@ class BlockNode:
     def actual_size(self) -> int | None:
         """Allocated bytes on the host, or None where QEMU reports none."""
         return self.children[0].actual_size() if self.children else 0
+
+    def status(self, offset: int, length: int) -> list[tuple[int, bool]]:
+        """Block status of ``[offset, offset + length)`` (in a worker thread): runs of
+        (length, is_data); a run that is not data reads as zeros (a hole)."""
+        if self.children:
+            return self.children[0].status(self._child_offset(offset), length)
+        return [(length, True)] if length else []
 
     def json_options(self) -> dict[str, Any]:
         """The node's options as QEMU puts them in a ``json:`` filename."""
@@ -255,6 +290,15 @@ class FileNode(BlockNode):
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
+    def _write_zeroes(self, offset: int, length: int) -> None:
+        if libc().fallocate(self.fd, FALLOC_ZERO_RANGE, ctypes.c_long(offset),
+                            ctypes.c_long(length)) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errnos.EOPNOTSUPP, errnos.ENOSYS, errnos.EINVAL):
+            raise OSError(err, os.strerror(err))
+        super()._write_zeroes(offset, length)  # no ZERO_RANGE here: write the zeros
+
     def _discard(self, offset: int, length: int) -> None:
         """Punch a hole: reads of it give zeros."""
         if libc().fallocate(self.fd, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE,
@@ -267,6 +311,11 @@ class FileNode(BlockNode):
         """A worker thread is about to use the descriptor: a close waits for it."""
         with self._lock:
             self._holds += 1
+
+    @property
+    def closing(self) -> bool:
+        """The node was closed (or will be once the calls holding it return)."""
+        return self._closing
 
     def release(self) -> None:
         """The worker's call returned (possibly long after its job gave up on it)."""
@@ -292,6 +341,34 @@ class FileNode(BlockNode):
 
     def actual_size(self) -> int | None:
         return os.fstat(self.fd).st_blocks * 512
+
+    def status(self, offset: int, length: int) -> list[tuple[int, bool]]:
+        """Data and holes from SEEK_DATA/SEEK_HOLE, as file-posix finds them."""
+        runs: list[tuple[int, bool]] = []
+        end = offset + length
+        size = self.length
+        pos = offset
+        while pos < end:
+            if pos >= size:  # past the end of the file: reads give zeros
+                runs.append((end - pos, False))
+                break
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errnos.ENXIO:  # no SEEK_DATA here: all data
+                    runs.append((end - pos, True))
+                    break
+                data = size
+            if data > pos:
+                stop = min(data, end)
+                runs.append((stop - pos, False))
+                pos = stop
+                continue
+            hole = os.lseek(self.fd, pos, os.SEEK_HOLE)
+            stop = min(max(hole, pos + 1), end)
+            runs.append((stop - pos, True))
+            pos = stop
+        return runs
 
     def plain_file(self) -> FileNode | None:
         return self
@@ -401,6 +478,9 @@ class NullNode(BlockNode):
 
     def actual_size(self) -> int | None:
         return 0
+
+    def status(self, offset: int, length: int) -> list[tuple[int, bool]]:
+        return [(length, False)] if length else []
 
     def filename(self) -> str:
         if set(self.given) <= {"latency-ns"}:

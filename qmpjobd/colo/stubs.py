@@ -1,8 +1,9 @@
 """The block and net commands of docs/COLO-FT.txt, accepted as recorded no-ops.
 
-qmpjobd has no NBD server, replication driver, netfilters or chardevs; these commands keep the
-ids they are given so that later removals behave as in QEMU 7.2, and they answer with QEMU's
-texts when something named does not exist.  The COLO-FT sequence therefore replays unchanged.
+qmpjobd has no replication driver, netfilters or chardevs (its NBD server, block/nbd.py, is
+real); these commands keep the ids they are given so that later removals behave as in QEMU 7.2,
+and they answer with QEMU's texts when something named does not exist.  The COLO-FT sequence
+therefore replays unchanged.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ class Recorded:
     """What the no-op commands were asked to create."""
 
     def __init__(self) -> None:
-        self.nbd_running = False
-        self.exports: set[str] = set()
         self.objects: dict[str, str] = {}
         self.chardevs: set[str] = set()
         self.drives: set[str] = set()
@@ -44,25 +43,6 @@ def register(registry: Registry, block: BlockGraph, hmp: Hmp) -> Recorded:
         except QMPError:
             return False
         return True
-
-    def nbd_start(args: dict[str, Any]) -> None:
-        if rec.nbd_running:
-            raise QMPError("NBD server already running")
-        rec.nbd_running = True
-
-    def nbd_add(args: dict[str, Any]) -> None:
-        if not rec.nbd_running:
-            raise QMPError("NBD server not running")
-        name = args["device"]
-        if not known(name):
-            raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
-        rec.exports.add(args.get("name", name))
-
-    def nbd_stop(args: dict[str, Any]) -> None:
-        if not rec.nbd_running:
-            raise QMPError("NBD server not running")
-        rec.nbd_running = False
-        rec.exports.clear()
 
     def blockdev_change(args: dict[str, Any]) -> None:
         parent = args["parent"]
@@ -104,7 +84,6 @@ def register(registry: Registry, block: BlockGraph, hmp: Hmp) -> Recorded:
             raise QMPError("Parameter 'failover' is only for stopping replication")
 
     handlers: dict[str, Any] = {
-        "nbd-server-start": nbd_start, "nbd-server-add": nbd_add, "nbd-server-stop": nbd_stop,
         "x-blockdev-change": blockdev_change,
         "object-add": object_add, "object-del": object_del, "chardev-add": chardev_add,
         "chardev-remove": chardev_remove, "xen-set-replication": xen_set_replication,

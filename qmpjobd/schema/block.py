@@ -91,6 +91,39 @@ def declare(s: Schema) -> None:
               returns="BlockDirtyBitmapSha256")
     s.command("query-named-block-nodes", {"*flat": "bool"}, returns=["BlockDeviceInfo"])
 
+    # the NBD server and block exports (block/nbd.py)
+    s.command("nbd-server-start", {"addr": "SocketAddressLegacy", "*tls-creds": "str",
+                                   "*tls-authz": "str", "*max-connections": "uint32"})
+    s.command("nbd-server-add", {"*name": "str", "*description": "str", "device": "str",
+                                 "*writable": "bool", "*bitmap": "str"})
+    s.enum("BlockExportRemoveMode", ["safe", "hard"])
+    s.command("nbd-server-remove", {"name": "str", "*mode": "BlockExportRemoveMode"})
+    s.command("nbd-server-stop")
+    s.enum("BlockExportType", ["nbd", "vhost-user-blk", "fuse", "vduse-blk"])
+    s.union("BlockExportOptions", {
+        "type": "BlockExportType", "id": "str", "*fixed-iothread": "bool", "*iothread": "str",
+        "node-name": "str", "*writable": "bool", "*writethrough": "bool"}, "type",
+        {"nbd": "BlockExportOptionsNbd", "vhost-user-blk": "BlockExportOptionsVhostUserBlk",
+         "fuse": "BlockExportOptionsFuse", "vduse-blk": "BlockExportOptionsVduseBlk"})
+    s.struct("BlockExportOptionsNbd", {"*name": "str", "*description": "str",
+                                       "*bitmaps": ["BlockDirtyBitmapOrStr"],
+                                       "*allocation-depth": "bool"})
+    s.struct("BlockExportOptionsVhostUserBlk", {"addr": "SocketAddress",
+                                                "*logical-block-size": "size",
+                                                "*num-queues": "uint16"})
+    s.enum("FuseExportAllowOther", ["off", "on", "auto"])
+    s.struct("BlockExportOptionsFuse", {"mountpoint": "str", "*growable": "bool",
+                                        "*allow-other": "FuseExportAllowOther"})
+    s.struct("BlockExportOptionsVduseBlk", {"name": "str", "*num-queues": "uint16",
+                                            "*queue-size": "uint16",
+                                            "*logical-block-size": "size", "*serial": "str"})
+    s.command("block-export-add", "BlockExportOptions")
+    s.command("block-export-del", {"id": "str", "*mode": "BlockExportRemoveMode"})
+    s.struct("BlockExportInfo", {"id": "str", "type": "BlockExportType", "node-name": "str",
+                                 "shutting-down": "bool"})
+    s.command("query-block-exports", returns=["BlockExportInfo"])
+    s.event("BLOCK_EXPORT_DELETED", {"id": "str"})
+
     s.enum("MirrorSyncMode", ["top", "full", "none", "incremental", "bitmap"])
     s.enum("BlockdevOnError", ["report", "ignore", "enospc", "stop", "auto"])
     s.enum("NewImageMode", ["existing", "absolute-paths"])

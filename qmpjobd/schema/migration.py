@@ -59,7 +59,7 @@ def declare(s: Schema) -> None:
     s.enum("SocketAddressType", ["inet", "unix", "vsock", "fd"])
     s.struct("InetSocketAddress", {"host": "str", "port": "str", "*numeric": "bool",
                                    "*to": "uint16", "*ipv4": "bool", "*ipv6": "bool",
-                                   "*keep-alive": "bool"})
+                                   "*keep-alive": "bool", "*mptcp": "bool"})
     s.struct("UnixSocketAddress", {"path": "str", "*abstract": "bool", "*tight": "bool"})
     s.struct("VsockSocketAddress", {"cid": "str", "port": "str"})
     s.struct("FdSocketAddress", {"str": "str"})
@@ -95,7 +95,7 @@ def declare(s: Schema) -> None:
     s.command("query-xen-replication-status", returns="ReplicationStatus")
     s.command("xen-colo-do-checkpoint")
 
-    # the block and net pieces of docs/COLO-FT.txt, recorded as no-ops
+    # the net pieces of docs/COLO-FT.txt, recorded as no-ops (nbd-server-*: schema/block.py)
     s.union("SocketAddressLegacy", {"type": "SocketAddressType"}, "type",
             {"inet": "InetSocketAddressWrapper", "unix": "UnixSocketAddressWrapper",
              "vsock": "VsockSocketAddressWrapper", "fd": "StringWrapper"})
@@ -104,11 +104,6 @@ def declare(s: Schema) -> None:
     s.struct("VsockSocketAddressWrapper", {"data": "VsockSocketAddress"})
     s.struct("StringWrapper", {"data": "String"})
     s.struct("String", {"str": "str"})
-    s.command("nbd-server-start", {"addr": "SocketAddressLegacy", "*tls-creds": "str",
-                                   "*tls-authz": "str", "*max-connections": "uint32"})
-    s.command("nbd-server-add", {"device": "str", "*name": "str", "*description": "str",
-                                 "*writable": "bool", "*bitmap": "str"})
-    s.command("nbd-server-stop")
     s.command("x-blockdev-change", {"parent": "str", "*child": "str", "*node": "str"})
     s.command("object-add", {"qom-type": "str", "id": "str", "*props": "any",
                              "*insert": "str", "*position": "str", "*netdev": "str",
