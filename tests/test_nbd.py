@@ -83,6 +83,15 @@ QMP: list[tuple[str, dict[str, Any] | None]] = [
                           "description": "read only"}),
     ("block-export-add", {"type": "nbd", "id": "e4", "node-name": "f0", "name": "w",
                           "writable": True, "bitmaps": ["b1"]}),
+    ("block-export-add", {"type": "nbd", "id": "", "node-name": "r0"}),
+    ("block-export-add", {"type": "nbd", "id": "e5", "node-name": "r0", "name": "q",
+                          "bitmaps": [{"node": "r0", "name": "b1"}]}),
+    ("block-export-add", {"type": "nbd", "id": "e6", "node-name": "r0", "name": "q2",
+                          "bitmaps": [{"node": "nosuch", "name": "b1"}]}),
+    ("block-export-add", {"type": "nbd", "id": "e6", "node-name": "r0", "name": "q2",
+                          "bitmaps": [{"node": "r0", "name": "nosuch"}]}),
+    ("nbd-server-add", {"device": "ro", "name": "ro-w", "writable": True}),
+    ("nbd-server-start", {"addr": {"type": "unix", "path": "<tmp>/x"}}),
     ("query-block-exports", None),
     ("blockdev-del", {"node-name": "ro"}),
     ("block-dirty-bitmap-remove", {"node": "r0", "name": "b0"}),
@@ -491,3 +500,23 @@ def test_a_client_that_does_not_read_slows_no_one(tmp_path: Path) -> None:
     other.close()
     c.close()
     d.stop()
+
+
+@needs_qemu
+def test_single_connection_server_matches_qemu(tmp_path: Path) -> None:
+    """With max-connections 1, exports do not advertise multi-conn; nbd-server-stop ends
+    every export (with or without a client) before its reply.  The order of those events
+    is QEMU's bottom halves' order, not compared."""
+    with pair(tmp_path) as (qemu, ours):
+        _both(qemu, ours, "nbd-server-start", {"addr": UNIX, "max-connections": 1})
+        for eid in ("e1", "e2", "e3"):
+            _both(qemu, ours, "block-export-add", _export(name=eid, eid=eid))
+        got = {}
+        for side in (qemu, ours):
+            c = NbdClient(str(tmp_path / f"{side.name}-nbd.sock"))
+            got[side.name] = [c.go("e1")]
+            stop = side.run("nbd-server-stop")
+            got[side.name].append((sorted(m["data"]["id"] for m in stop[:-1]), stop[-1]))
+            got[side.name].append(c.eof())
+            c.close()
+        assert got["ours"] == got["qemu"]

@@ -193,4 +193,4 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     registry.register("drive-mirror", copy_command(MirrorJob, drive=True))
     registry.register("transaction", transaction)
     bitmap_commands.register(registry, graph)
-    create.register(registry, jobs)
+    create.register(registry, graph, jobs)

@@ -1,5 +1,6 @@
 """blockdev-create: a job of type ``create`` that makes an image (QEMU 7.2's block/create.c
-and file-posix's raw_co_create), for the ``file`` driver, the one creatable driver here.
+and file-posix's raw_co_create), for the ``file`` driver, and a qcow2 image on an existing
+node (what libvirt makes for scratch and copy targets).
 
 As in QEMU, the file is opened (created) when the job starts, before the command replies, so
 a path that cannot be created fails the job at once (its ``aborting`` and ``concluded`` come
@@ -20,6 +21,9 @@ from ..jobs import Job, JobError, JobRegistry
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import Registry
+from . import qcow2
+from .graph import BlockGraph
+from .nodes import BlockNode
 
 FIRST_BLOCK = 4096
 """allocate_first_block(): zeros written at the start of a new file, so that alignment
@@ -132,11 +136,78 @@ def _truncate(fd: int, size: int) -> None:
         raise CreateError(f"Could not resize file: {_strerror(e, errno.EIO)}") from None
 
 
-def register(registry: Registry, jobs: JobRegistry) -> None:
+class Qcow2CreateJob(Job):
+    """One blockdev-create of a qcow2 image on an existing node (qcow2_co_create)."""
+
+    job_type = "create"
+
+    def __init__(self, job_id: str, node: BlockNode, options: dict[str, Any]) -> None:
+        super().__init__(job_id, auto_finalize=True, auto_dismiss=False)
+        self.node = node
+        self.options = options
+        self.total_progress = 1
+
+    async def run(self) -> None:
+        o = self.options
+        try:
+            image = qcow2.create_image(o["size"], o.get("cluster-size", 65536),
+                                       o.get("backing-file"), o.get("backing-fmt"))
+            await asyncio.to_thread(self._write, image)
+        except OSError as e:
+            raise JobError(f"Could not write qcow2 header: {_strerror(e, errno.EIO)}") \
+                from None
+        finally:
+            self.set_progress(1)
+
+    def _write(self, image: bytes) -> None:
+        file = self.node.plain_file()
+        if file is not None:
+            _truncate(file.fd, 0)
+        self.node.pwrite(0, image)
+        self.node.flush()
+
+
+def _qcow2_checks(options: dict[str, Any]) -> None:
+    """qcow2_co_create()'s refusals, in its order, for what this driver can make."""
+    size, cluster = options["size"], options.get("cluster-size", 65536)
+    if options.get("version", "v3") != "v3":
+        raise QMPError("qmpjobd creates qcow2 version 3 images only")
+    if cluster < 512 or cluster > (2 << 20) or cluster & (cluster - 1):
+        raise QMPError("Cluster size must be a power of two between 512 and 2048k")
+    if options.get("refcount-bits", 16) != 16:
+        raise QMPError("qmpjobd creates qcow2 images with 16-bit refcounts only")
+    if size % 512:
+        raise QMPError("Image size must be a multiple of 512 bytes")
+    if "backing-fmt" in options and "backing-file" not in options:
+        raise QMPError("Backing format cannot be used without backing file")
+    for key in ("data-file", "encrypt", "extended-l2"):
+        if options.get(key):
+            raise QMPError(f"qmpjobd's qcow2 driver does not support '{key}'")
+    if options.get("preallocation", "off") != "off":
+        raise QMPError("qmpjobd creates qcow2 images without preallocation only")
+    if options.get("compression-type", "zlib") != "zlib":
+        raise QMPError("qmpjobd creates qcow2 images with zlib compression type only")
+
+
+def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     """Attach blockdev-create."""
 
     def blockdev_create(args: dict[str, Any], session: Session) -> None:
         options = args["options"]
+        if options["driver"] == "qcow2":
+            ref = options["file"]
+            if not isinstance(ref, str):
+                raise QMPError("qmpjobd creates qcow2 images on an existing node only "
+                               "(give 'file' as a node name)")
+            node = graph.nodes.get(ref)
+            if node is None:
+                raise QMPError(f"Cannot find device='' nor node-name='{ref}'")
+            _qcow2_checks(options)
+            jobs.check_accepting()
+            qjob = Qcow2CreateJob(args["job-id"], node, options)
+            jobs.create(qjob)
+            jobs.start(qjob)
+            return
         if options["driver"] != "file":
             raise QMPError("Driver does not support blockdev-create")
         jobs.check_accepting()

@@ -9,8 +9,10 @@ from typing import Any
 
 from ..protocol.errors import QMPError
 from .nodes import BlkdebugNode, BlockNode, FileNode, InjectRule, NullNode, RawNode
+from .qcow2 import Qcow2Error, Qcow2Node
 
 _NODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
+_ABSENT = object()
 MAX_DEPTH = 64
 """Deepest chain of nodes accepted (QEMU has no fixed limit; Python's recursion does)."""
 
@@ -115,6 +117,19 @@ class BlockGraph:
                                "smaller or equal to the actual size of the containing file "
                                f"({child.length})")
             node = RawNode(name, child, offset, size, read_only or child.read_only)
+        elif driver == "qcow2":
+            file = self._child(opts["file"], created, depth)
+            ref = opts.get("backing", _ABSENT)
+            backing = None if ref is None or ref is _ABSENT else \
+                self._child(ref, created, depth)
+            try:
+                node = Qcow2Node(name, file, backing, read_only or file.read_only)
+            except (Qcow2Error, OSError) as e:
+                raise QMPError(str(e)) from e
+            if ref is _ABSENT and node.backing_file:
+                raise QMPError(f"qmpjobd opens a qcow2 image's backing file only as a node "
+                               f"given in 'backing' (this image names "
+                               f"'{node.backing_file}')")
         else:  # blkdebug
             child = self._child(opts["image"], created, depth)
             rules = [InjectRule(r["event"], r.get("errno", errnos.EIO), r.get("sector"),

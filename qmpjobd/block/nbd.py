@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import QmpjobdError
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
 from ..schema import EventSink, Registry
@@ -48,10 +49,12 @@ class Export:
     clients: set[Client] = field(default_factory=set)
     shutting_down: bool = False
 
-    def flags(self, structured: bool) -> int:
-        """Transmission flags as QEMU 7.2 advertises them."""
-        flags = (w.TF_HAS_FLAGS | w.TF_SEND_FLUSH | w.TF_SEND_FUA | w.TF_SEND_CACHE
-                 | w.TF_CAN_MULTI_CONN)
+    def flags(self, structured: bool, multi_conn: bool) -> int:
+        """Transmission flags as QEMU 7.2 advertises them (multi-conn unless the server
+        takes a single connection)."""
+        flags = w.TF_HAS_FLAGS | w.TF_SEND_FLUSH | w.TF_SEND_FUA | w.TF_SEND_CACHE
+        if multi_conn:
+            flags |= w.TF_CAN_MULTI_CONN
         if self.writable:
             flags |= w.TF_SEND_TRIM | w.TF_SEND_WRITE_ZEROES | w.TF_SEND_FAST_ZERO
         else:
@@ -80,7 +83,7 @@ class Export:
         return found
 
 
-class Closed(Exception):
+class Closed(QmpjobdError):
     """The client went away or broke the protocol: end its connection."""
 
 
@@ -143,7 +146,7 @@ class Client:
             if exp is None:
                 return b""
             self._attach(exp)
-            return w.export_name_reply(exp.node.length, exp.flags(self.structured),
+            return w.export_name_reply(exp.node.length, self._flags(exp),
                                        not self.no_zeroes)
         if opt == w.OPT_ABORT:
             return w.option_reply(opt, w.REP_ACK)
@@ -187,7 +190,7 @@ class Client:
             out.append(w.option_reply(opt, w.REP_INFO, w.info_description(exp.description)))
         out.append(w.option_reply(opt, w.REP_INFO, w.info_block_size(1, 4096, w.MAX_BUFFER)))
         out.append(w.option_reply(opt, w.REP_INFO,
-                                  w.info_export(exp.node.length, exp.flags(self.structured))))
+                                  w.info_export(exp.node.length, self._flags(exp))))
         out.append(w.option_reply(opt, w.REP_ACK))
         if opt == w.OPT_GO:
             self._attach(exp)
@@ -214,6 +217,9 @@ class Client:
             self.contexts = chosen
         return b"".join(w.meta_context_reply(opt, 0 if listing else cid, cname)
                         for cid, cname in chosen) + w.option_reply(opt, w.REP_ACK)
+
+    def _flags(self, exp: Export) -> int:
+        return exp.flags(self.structured, self.server.max_connections != 1)
 
     def _attach(self, exp: Export) -> None:
         self.export = exp
@@ -366,7 +372,7 @@ class Client:
         self.server.client_gone(self)
 
 
-class _Refused(Exception):
+class _Refused(QmpjobdError):
     """A request that fails with an NBD errno (the session goes on)."""
 
     def __init__(self, errno_: int, text: str) -> None:
@@ -459,6 +465,8 @@ class NbdServer:
         self.clients: set[Client] = set()
         self._accepting: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
+        self._ending: set[Export] = set()
+        """Exports removed whose BLOCK_EXPORT_DELETED is still to come."""
         self._gone = asyncio.Event()
         """Set whenever an export is deleted."""
 
@@ -552,7 +560,7 @@ class NbdServer:
             self._shutdown(exp)
         for client in list(self.clients):
             client.shut()
-        while self.exports:  # the last ones end right after their clients were shut
+        while self._ending:
             self._gone.clear()
             await self._gone.wait()
         self.close()
@@ -565,6 +573,8 @@ class NbdServer:
             raise QMPError(f"qmpjobd exports block nodes over NBD only, not "
                            f"{args['type']}")
         eid = args["id"]
+        if not eid:
+            raise QMPError("Invalid block export id")
         if eid in self.exports:
             raise QMPError(f"Block export id '{eid}' is already in use")
         node_name = args["node-name"]
@@ -593,7 +603,9 @@ class NbdServer:
             if bitmap.busy:
                 raise QMPError(f"Bitmap '{bitmap.name}' is currently in use by another "
                                "operation and cannot be used")
-            if not writable and bitmap.recording and not node.read_only:
+            # QEMU 7.2 checks this for a bitmap named alone, not for {node, name}
+            if isinstance(ref, str) and not writable and bitmap.recording and \
+                    not node.read_only:
                 raise QMPError(f"Enabled bitmap '{bitmap.name}' incompatible with readonly "
                                "export")
             if bitmap in bitmaps:
@@ -612,7 +624,9 @@ class NbdServer:
             if bitmap is None:
                 raise QMPError(f"Bitmap '{ref}' is not found")
             return bitmap
-        owner = self.graph.lookup(ref["node"])
+        owner = self.graph.nodes.get(ref["node"])
+        if owner is None:
+            raise QMPError(f"Node '{ref['node']}' not found")
         bitmap = owner.bitmaps.get(ref["name"])
         if bitmap is None:
             raise QMPError(f"Dirty bitmap '{ref['name']}' not found")
@@ -623,8 +637,6 @@ class NbdServer:
         exp = self.exports.get(eid)
         if exp is None:
             raise QMPError(f"Export '{eid}' is not found")
-        if exp.shutting_down:
-            raise QMPError(f"Export '{eid}' is already shutting down")
         if mode == "safe" and exp.clients:
             raise QMPError(f"export '{eid}' still in use")
         self._shutdown(exp)
@@ -633,6 +645,8 @@ class NbdServer:
         """Disconnect the export's clients and delete it: at once when none is connected
         (the event comes before the reply), else right after the reply, as in QEMU."""
         exp.shutting_down = True
+        del self.exports[exp.id]  # its id and name are free at once
+        self._ending.add(exp)
         if not exp.clients:
             self._finish(exp)
             return
@@ -642,9 +656,9 @@ class NbdServer:
         asyncio.get_running_loop().call_soon(self._finish, exp)
 
     def _finish(self, exp: Export) -> None:
-        if self.exports.get(exp.id) is not exp:
+        if exp not in self._ending:
             return
-        del self.exports[exp.id]
+        self._ending.discard(exp)
         exp.node.exports.discard(exp.id)
         for bitmap in exp.bitmaps:
             bitmap.busy = False
@@ -683,7 +697,9 @@ class NbdServer:
             device = args["device"]
             node = self.graph.lookup(device)
             name = args.get("name", device)
-            opts: dict[str, Any] = {"name": name, "writable": args.get("writable", False)}
+            # a read-only node is exported read-only, without a word (as QEMU 7.2 does)
+            opts: dict[str, Any] = {"name": name, "writable": args.get("writable", False)
+                                    and not node.read_only}
             if "description" in args:
                 opts["description"] = args["description"]
             if "bitmap" in args:

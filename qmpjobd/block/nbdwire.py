@@ -11,6 +11,8 @@ import errno
 import struct
 from dataclasses import dataclass
 
+from ..errors import QmpjobdError
+
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054
 OPT_REPLY_MAGIC = 0x3E889045565A9
@@ -133,7 +135,7 @@ def meta_context_reply(opt: int, context_id: int, name: str) -> bytes:
     return option_reply(opt, REP_META_CONTEXT, struct.pack(">I", context_id) + name.encode())
 
 
-class Malformed(Exception):
+class Malformed(QmpjobdError):
     """An option payload that does not parse: the reply is NBD_REP_ERR_INVALID."""
 
 

@@ -24,7 +24,7 @@ BLKDEBUG_EVENTS = [
 
 def declare(s: Schema) -> None:
     """Add blockdev-add/-del, query-named-block-nodes and the backup commands."""
-    s.enum("BlockdevDriver", ["blkdebug", "file", "null-co", "raw"])
+    s.enum("BlockdevDriver", ["blkdebug", "file", "null-co", "qcow2", "raw"])
     s.enum("BlkdebugEvent", BLKDEBUG_EVENTS)
     s.enum("BlkdebugIOType", ["read", "write", "write-zeroes", "discard", "flush",
                               "block-status"])
@@ -50,15 +50,33 @@ def declare(s: Schema) -> None:
                                 "*auto-read-only": "bool", "*force-share": "bool",
                                 "*detect-zeroes": "BlockdevDetectZeroesOptions"}, "driver",
             {"blkdebug": "BlockdevOptionsBlkdebug", "file": "BlockdevOptionsFile",
-             "null-co": "BlockdevOptionsNull", "raw": "BlockdevOptionsRaw"})
+             "null-co": "BlockdevOptionsNull", "qcow2": "BlockdevOptionsQcow2",
+             "raw": "BlockdevOptionsRaw"})
     s.alternate("BlockdevRef", ["BlockdevOptions", "str"])
+    s.alternate("BlockdevRefOrNull", ["BlockdevOptions", "str", "null"])
+    s.struct("BlockdevOptionsQcow2", {"file": "BlockdevRef", "*backing": "BlockdevRefOrNull",
+                                      "*lazy-refcounts": "bool",
+                                      "*pass-discard-request": "bool",
+                                      "*pass-discard-snapshot": "bool",
+                                      "*pass-discard-other": "bool", "*cache-size": "int",
+                                      "*l2-cache-size": "int", "*l2-cache-entry-size": "int",
+                                      "*refcount-cache-size": "int",
+                                      "*cache-clean-interval": "int"})
     s.command("blockdev-add", "BlockdevOptions")
     s.enum("PreallocMode", ["off", "metadata", "falloc", "full"])
     s.struct("BlockdevCreateOptionsFile", {"filename": "str", "size": "size",
                                            "*preallocation": "PreallocMode", "*nocow": "bool",
                                            "*extent-size-hint": "size"})
+    s.enum("BlockdevQcow2Version", ["v2", "v3"])
+    s.enum("Qcow2CompressionType", ["zlib", "zstd"])
+    s.struct("BlockdevCreateOptionsQcow2", {
+        "file": "BlockdevRef", "*data-file": "BlockdevRef", "*data-file-raw": "bool",
+        "*extended-l2": "bool", "size": "size", "*version": "BlockdevQcow2Version",
+        "*backing-file": "str", "*backing-fmt": "BlockdevDriver", "*cluster-size": "size",
+        "*preallocation": "PreallocMode", "*lazy-refcounts": "bool", "*refcount-bits": "int",
+        "*compression-type": "Qcow2CompressionType"})
     s.union("BlockdevCreateOptions", {"driver": "BlockdevDriver"}, "driver",
-            {"file": "BlockdevCreateOptionsFile"})
+            {"file": "BlockdevCreateOptionsFile", "qcow2": "BlockdevCreateOptionsQcow2"})
     s.command("blockdev-create", {"job-id": "str", "options": "BlockdevCreateOptions"})
     s.command("blockdev-del", {"node-name": "str"})
     s.struct("ImageInfo", {"filename": "str", "format": "str", "*dirty-flag": "bool",

@@ -1,0 +1,292 @@
+"""The qcow2 format driver, as much of it as fleecing and scratch images need: version 3
+images with 16-bit refcounts and no compression, encryption, snapshots or external data file;
+a backing node reads through where a cluster was never written.  Images it writes pass
+``qemu-img check``; images QEMU wrote open if they use nothing beyond that.
+
+Layout made by :func:`create` (as QEMU's qcow2_co_create lays it out): the header in cluster
+0, the refcount table in 1, the first refcount block in 2, the L1 table from 3.  New clusters
+are appended at the end of the file.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any
+
+from ..errors import QmpjobdError
+from .nodes import BlockNode
+
+MAGIC = b"QFI\xfb"
+HEADER = struct.Struct(">4sIQIIQIIQQIIQ")
+"""The version 2 header fields (72 bytes)."""
+V3 = struct.Struct(">QQQII")
+"""Version 3 additions: features, refcount order, header length."""
+HEADER_LENGTH = 112
+"""The header length QEMU 7.2 writes (with the compression type byte and padding)."""
+EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_END = 0xE2792ACA, 0x6803F857, 0
+OFFSET_MASK = 0x00FFFFFFFFFFFE00
+COPIED, ZERO = 1 << 63, 1
+REFCOUNT_ORDER = 4
+
+
+class Qcow2Error(QmpjobdError):
+    """An image this driver cannot open; the text is QEMU's where QEMU has one."""
+
+
+def _l1_entries(size: int, cluster_bits: int) -> int:
+    per_l2 = 1 << (cluster_bits - 3)
+    return -(-size // ((1 << cluster_bits) * per_l2)) if size else 0
+
+
+def create_image(size: int, cluster_size: int, backing_file: str | None,
+                 backing_fmt: str | None) -> bytes:
+    """The bytes of a new, empty image: header, refcount table and block, L1 table."""
+    bits = cluster_size.bit_length() - 1
+    l1_size = _l1_entries(size, bits)
+    l1_clusters = max(1, -(-l1_size * 8 // cluster_size))
+    exts = b""
+    if backing_fmt is not None:
+        raw = backing_fmt.encode()
+        exts += struct.pack(">II", EXT_BACKING_FORMAT, len(raw)) + raw + bytes(-len(raw) % 8)
+    exts += struct.pack(">II", EXT_END, 0)
+    backing = (backing_file or "").encode()
+    backing_offset = HEADER_LENGTH + len(exts) if backing else 0
+    header = HEADER.pack(MAGIC, 3, backing_offset, len(backing), bits, size, 0, l1_size,
+                         3 * cluster_size, cluster_size, 1, 0, 0)
+    header += V3.pack(0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH) + bytes(8)
+    header += exts + backing
+    used = 3 + l1_clusters
+    image = bytearray((3 + l1_clusters) * cluster_size)
+    image[:len(header)] = header
+    struct.pack_into(">Q", image, cluster_size, 2 * cluster_size)
+    for i in range(used):
+        struct.pack_into(">H", image, 2 * cluster_size + 2 * i, 1)
+    return bytes(image)
+
+
+class Qcow2Node(BlockNode):
+    """A qcow2 image on ``file``, optionally over ``backing``."""
+
+    driver = "qcow2"
+
+    def __init__(self, node_name: str, file: BlockNode, backing: BlockNode | None,
+                 read_only: bool = False) -> None:
+        super().__init__(node_name, read_only)
+        self.children = [file] + ([backing] if backing is not None else [])
+        self.backing = backing
+        head = file.pread(0, HEADER.size + V3.size)
+        if len(head) < HEADER.size or head[:4] != MAGIC:
+            raise Qcow2Error("Image is not in qcow2 format")
+        (_, version, backing_offset, backing_size, bits, size, crypt, l1_size, l1_offset,
+         rt_offset, rt_clusters, snapshots, _) = HEADER.unpack_from(head)
+        if version != 3:
+            raise Qcow2Error(f"qmpjobd opens qcow2 version 3 images only, not version "
+                             f"{version}")
+        incompatible, _, _, order, _ = V3.unpack_from(head, HEADER.size)
+        if crypt or snapshots or incompatible or order != REFCOUNT_ORDER:
+            raise Qcow2Error("qmpjobd's qcow2 driver does not support this image's features "
+                             "(encryption, snapshots, external data, refcount width)")
+        self.size: int = size
+        self.cluster_bits: int = bits
+        self.cluster: int = 1 << bits
+        self.l2_entries: int = self.cluster // 8
+        self.l1_offset: int = l1_offset
+        self.l1: list[int] = list(struct.unpack(f">{l1_size}Q", file.pread(l1_offset, 8 * l1_size)))
+        self.rt_offset: int = rt_offset
+        self.refcount_table: list[int] = list(struct.unpack(
+            f">{rt_clusters * self.cluster // 8}Q",
+            file.pread(rt_offset, rt_clusters * self.cluster)))
+        self.backing_file = file.pread(backing_offset, backing_size).decode(
+            errors="replace") if backing_size else ""
+        self._l2: dict[int, list[int]] = {}
+        """L2 tables by host offset, read once: every update goes through this node."""
+        self._meta = threading.Lock()
+        self._end: int = -(-file.length // self.cluster) * self.cluster
+
+    @property
+    def file(self) -> BlockNode:
+        return self.children[0]
+
+    @property
+    def length(self) -> int:
+        return self.size
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def _table(self, offset: int) -> list[int]:
+        table = self._l2.get(offset)
+        if table is None:
+            table = list(struct.unpack(f">{self.l2_entries}Q",
+                                       self.file.pread(offset, self.cluster)))
+            self._l2[offset] = table
+        return table
+
+    def _entry(self, cluster: int) -> int:
+        """The L2 entry of guest cluster ``cluster`` (0: never written)."""
+        l1 = self.l1[cluster // self.l2_entries] & OFFSET_MASK
+        if not l1:
+            return 0
+        return self._table(l1)[cluster % self.l2_entries]
+
+    def _allocate(self) -> int:
+        """A new host cluster at the end of the file, its refcount set to 1."""
+        offset = self._end
+        self._end += self.cluster
+        self._set_refcount(offset // self.cluster)
+        return offset
+
+    def _set_refcount(self, index: int) -> None:
+        per_block = self.cluster // 2
+        slot = index // per_block
+        block = self.refcount_table[slot] & OFFSET_MASK
+        if not block:  # a new refcount block, itself counted
+            block = self._end
+            self._end += self.cluster
+            self.file.pwrite(block, bytes(self.cluster))
+            self.refcount_table[slot] = block
+            self.file.pwrite(self.rt_offset + 8 * slot, struct.pack(">Q", block))
+            self._set_refcount(block // self.cluster)
+        self.file.pwrite(block + 2 * (index % per_block), struct.pack(">H", 1))
+
+    def _host_cluster(self, cluster: int) -> int:
+        """The host offset of guest cluster ``cluster``, allocated (with its old contents
+        copied from the backing node) if it was never written."""
+        entry = self._entry(cluster)
+        if entry & OFFSET_MASK:
+            return entry & OFFSET_MASK
+        start = cluster * self.cluster
+        if entry & ZERO or self.backing is None:
+            old = bytes(self.cluster)
+        else:
+            old = self._from_backing(start, self.cluster)
+        host = self._allocate()
+        self.file.pwrite(host, old)
+        l1_index = cluster // self.l2_entries
+        l2 = self.l1[l1_index] & OFFSET_MASK
+        if not l2:
+            l2 = self._allocate()
+            self.file.pwrite(l2, bytes(self.cluster))
+            self._l2[l2] = [0] * self.l2_entries
+            self.l1[l1_index] = l2 | COPIED
+            self.file.pwrite(self.l1_offset + 8 * l1_index, struct.pack(">Q", l2 | COPIED))
+        self._table(l2)[cluster % self.l2_entries] = host | COPIED
+        self.file.pwrite(l2 + 8 * (cluster % self.l2_entries), struct.pack(">Q", host | COPIED))
+        return host
+
+    def _from_backing(self, offset: int, length: int) -> bytes:
+        assert self.backing is not None
+        have = max(0, min(length, self.backing.length - offset))
+        data = self.backing.pread(offset, have) if have else b""
+        return data + bytes(length - len(data))
+
+    def _runs(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """(guest offset, length, L2 entry) per cluster piece of the range."""
+        out = []
+        end = offset + length
+        while offset < end:
+            cluster = offset // self.cluster
+            stop = min(end, (cluster + 1) * self.cluster)
+            out.append((offset, stop - offset, self._entry(cluster)))
+            offset = stop
+        return out
+
+    # -- I/O -----------------------------------------------------------------------------------
+
+    def pread(self, offset: int, length: int, event: bool = False) -> bytes:
+        with self._meta:
+            runs = self._runs(offset, length)
+        parts = []
+        for start, n, entry in runs:
+            host = entry & OFFSET_MASK
+            if host:
+                parts.append(self.file.pread(host + start % self.cluster, n))
+            elif entry & ZERO or self.backing is None:
+                parts.append(bytes(n))
+            else:
+                parts.append(self._from_backing(start, n))
+        return b"".join(parts)
+
+    def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(data):
+            cluster = (offset + pos) // self.cluster
+            within = (offset + pos) % self.cluster
+            n = min(len(data) - pos, self.cluster - within)
+            with self._meta:
+                host = self._host_cluster(cluster)
+            self.file.pwrite(host + within, bytes(view[pos:pos + n]))
+            pos += n
+
+    def _discard(self, offset: int, length: int) -> None:
+        """Discards are not passed down (a cluster once written stays allocated)."""
+
+    def _write_zeroes(self, offset: int, length: int) -> None:
+        while length:
+            n = min(length, 4 << 20)
+            self._pwrite(offset, bytes(n), False)
+            offset, length = offset + n, length - n
+
+    def status(self, offset: int, length: int) -> list[tuple[int, bool]]:
+        with self._meta:
+            runs = self._runs(offset, length)
+        out: list[tuple[int, bool]] = []
+        for start, n, entry in runs:
+            if entry & OFFSET_MASK:
+                out.append((n, True))
+            elif entry & ZERO or self.backing is None:
+                out.append((n, False))
+            else:
+                have = max(0, min(n, self.backing.length - start))
+                out += self.backing.status(start, have) if have else []
+                if have < n:
+                    out.append((n - have, False))
+        return out
+
+    def flush(self) -> None:
+        self.file.flush()
+        if self.backing is not None:
+            self.backing.flush()
+
+    def _child_offset(self, offset: int) -> int:
+        raise NotImplementedError  # guest offsets do not map to one child's
+
+    # -- what queries show ---------------------------------------------------------------------
+
+    def actual_size(self) -> int | None:
+        return self.file.actual_size()
+
+    def filename(self) -> str:
+        return self.file.filename()
+
+    def backing_depth(self, flat: bool) -> int:
+        return 0 if self.backing is None else 1 + self.backing.backing_depth(flat)
+
+    def image_info(self, flat: bool = True) -> dict[str, Any]:
+        image: dict[str, Any] = {
+            "virtual-size": self.size, "filename": self.filename(),
+            "cluster-size": self.cluster, "format": "qcow2",
+            "actual-size": self.actual_size(),
+            "format-specific": {"type": "qcow2", "data": {
+                "compat": "1.1", "compression-type": "zlib", "lazy-refcounts": False,
+                "refcount-bits": 16, "corrupt": False, "extended-l2": False}},
+            "dirty-flag": False}
+        if self.backing_file:
+            image["full-backing-filename"] = self.backing_file
+            image["backing-filename"] = self.backing_file
+        if self.backing is not None and not flat:
+            image["backing-image"] = self.backing.image_info(flat)
+        return image
+
+    def info(self, flat: bool = False) -> dict[str, Any]:
+        out = super().info(flat)
+        if self.backing_file:
+            out["backing_file"] = self.backing_file
+        return out
+
+    def json_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"driver": "qcow2", "file": self.file.json_options()}
+        if self.backing is not None:
+            out["backing"] = self.backing.json_options()
+        return out
