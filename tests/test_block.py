@@ -87,8 +87,8 @@ def test_nodes_add_query_delete(qmp: Client, files: tuple[Path, Path]) -> None:
     assert c.cmd("blockdev-del", {"node-name": "f"}) == {"return": {}}
     assert c.cmd("blockdev-del", {"node-name": "f"})["error"]["desc"] == \
         "Failed to find node with node-name='f'"
-    assert c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "q"})["error"]["desc"] == \
-        "Parameter 'driver' does not accept value 'qcow2'"
+    assert c.cmd("blockdev-add", {"driver": "vmdk", "node-name": "q"})["error"]["desc"] == \
+        "Parameter 'driver' does not accept value 'vmdk'"
     err = c.cmd("blockdev-add", {"driver": "file", "node-name": "x",
                                  "filename": "/nonexistent/x.img"})["error"]["desc"]
     assert err == "Could not open '/nonexistent/x.img': No such file or directory"

@@ -141,9 +141,10 @@ class Qcow2CreateJob(Job):
 
     job_type = "create"
 
-    def __init__(self, job_id: str, node: BlockNode, options: dict[str, Any]) -> None:
+    def __init__(self, job_id: str, options: dict[str, Any]) -> None:
         super().__init__(job_id, auto_finalize=True, auto_dismiss=False)
-        self.node = node
+        self.node: BlockNode | None = None
+        """Set once the options are checked; the job ends before running without it."""
         self.options = options
         self.total_progress = 1
 
@@ -160,15 +161,23 @@ class Qcow2CreateJob(Job):
             self.set_progress(1)
 
     def _write(self, image: bytes) -> None:
-        file = self.node.plain_file()
+        node = self.node
+        assert node is not None
+        file = node.plain_file()
         if file is not None:
             _truncate(file.fd, 0)
-        self.node.pwrite(0, image)
-        self.node.flush()
+        node.pwrite(0, image)
+        node.flush()
 
 
-def _qcow2_checks(options: dict[str, Any]) -> None:
-    """qcow2_co_create()'s refusals, in its order, for what this driver can make."""
+def _qcow2_checks(graph: BlockGraph, options: dict[str, Any]) -> BlockNode:
+    """qcow2_co_create()'s refusals, in its order, for what this driver can make; returns
+    the node to write the image on."""
+    ref = options["file"]
+    if not isinstance(ref, str):
+        raise QMPError("qmpjobd creates qcow2 images on an existing node only (give 'file' "
+                       "as a node name)")
+    node = graph.lookup(ref)
     size, cluster = options["size"], options.get("cluster-size", 65536)
     if options.get("version", "v3") != "v3":
         raise QMPError("qmpjobd creates qcow2 version 3 images only")
@@ -187,6 +196,7 @@ def _qcow2_checks(options: dict[str, Any]) -> None:
         raise QMPError("qmpjobd creates qcow2 images without preallocation only")
     if options.get("compression-type", "zlib") != "zlib":
         raise QMPError("qmpjobd creates qcow2 images with zlib compression type only")
+    return node
 
 
 def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
@@ -195,18 +205,16 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
     def blockdev_create(args: dict[str, Any], session: Session) -> None:
         options = args["options"]
         if options["driver"] == "qcow2":
-            ref = options["file"]
-            if not isinstance(ref, str):
-                raise QMPError("qmpjobd creates qcow2 images on an existing node only "
-                               "(give 'file' as a node name)")
-            node = graph.nodes.get(ref)
-            if node is None:
-                raise QMPError(f"Cannot find device='' nor node-name='{ref}'")
-            _qcow2_checks(options)
             jobs.check_accepting()
-            qjob = Qcow2CreateJob(args["job-id"], node, options)
+            qjob = Qcow2CreateJob(args["job-id"], options)
             jobs.create(qjob)
             jobs.start(qjob)
+            try:
+                qjob.node = _qcow2_checks(graph, options)
+            except QMPError as e:  # as in QEMU, the job fails before the reply
+                qjob.ret, qjob.error = -1, str(e)
+                qjob.set_progress(1)
+                jobs.end_now(qjob)
             return
         if options["driver"] != "file":
             raise QMPError("Driver does not support blockdev-create")

@@ -166,6 +166,10 @@ class BlockGraph:
             kinds = ", ".join(sorted(node.job_targets))
             raise QMPError(f"Node '{name}' is busy: block device is in use by block job: "
                            f"{kinds}")
+        for parent in node.parents:
+            if isinstance(parent, Qcow2Node) and parent.backing is node:
+                raise QMPError(f"Node '{name}' is busy: node is used as backing hd of "
+                               f"'{parent.node_name}'")
         if node.parents or node.users:
             raise QMPError(f"Block device {name} is in use")
         self._drop(node)

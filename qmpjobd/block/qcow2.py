@@ -10,11 +10,13 @@ are appended at the end of the file.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from typing import Any
 
 from ..errors import QmpjobdError
+from ..protocol.request import qdict_order
 from .nodes import BlockNode
 
 MAGIC = b"QFI\xfb"
@@ -28,6 +30,27 @@ EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_END = 0xE2792ACA, 0x6803F857, 0
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
 COPIED, ZERO = 1 << 63, 1
 REFCOUNT_ORDER = 4
+
+
+FEATURES = ((0, 0, "dirty bit"), (0, 1, "corrupt bit"), (0, 2, "external data file"),
+            (0, 3, "compression type"), (0, 4, "extended L2 entries"),
+            (1, 0, "lazy refcounts"), (2, 0, "bitmaps"), (2, 1, "raw external data"))
+"""The feature name table QEMU 7.2 writes: (type, bit, name)."""
+
+
+INSERTED = ("file", "node-name", "ro", "drv", "backing_file", "backing_file_depth",
+            "encrypted", "detect_zeroes", "bps", "bps_rd", "bps_wr", "iops", "iops_rd",
+            "iops_wr", "image", "cache", "write_threshold", "dirty-bitmaps",
+            "filename", "format", "dirty-flag", "actual-size", "virtual-size", "cluster-size",
+            "backing-filename", "full-backing-filename", "backing-filename-format",
+            "backing-image", "format-specific")
+"""The order QEMU fills BlockDeviceInfo and ImageInfo in (it decides ties in a QDict)."""
+
+
+def _qdict(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` in the order QEMU's QDict would list its keys."""
+    keys = sorted(d, key=lambda k: INSERTED.index(k) if k in INSERTED else len(INSERTED))
+    return {k: d[k] for k in qdict_order(keys)}
 
 
 class Qcow2Error(QmpjobdError):
@@ -49,6 +72,9 @@ def create_image(size: int, cluster_size: int, backing_file: str | None,
     if backing_fmt is not None:
         raw = backing_fmt.encode()
         exts += struct.pack(">II", EXT_BACKING_FORMAT, len(raw)) + raw + bytes(-len(raw) % 8)
+    table = b"".join(struct.pack(">BB46s", kind, bit, name.encode()) for kind, bit, name in
+                     FEATURES)
+    exts += struct.pack(">II", EXT_FEATURE_TABLE, len(table)) + table
     exts += struct.pack(">II", EXT_END, 0)
     backing = (backing_file or "").encode()
     backing_offset = HEADER_LENGTH + len(exts) if backing else 0
@@ -57,7 +83,7 @@ def create_image(size: int, cluster_size: int, backing_file: str | None,
     header += V3.pack(0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH) + bytes(8)
     header += exts + backing
     used = 3 + l1_clusters
-    image = bytearray((3 + l1_clusters) * cluster_size)
+    image = bytearray(3 * cluster_size + max(8, l1_size * 8))
     image[:len(header)] = header
     struct.pack_into(">Q", image, cluster_size, 2 * cluster_size)
     for i in range(used):
@@ -83,7 +109,7 @@ class Qcow2Node(BlockNode):
         if version != 3:
             raise Qcow2Error(f"qmpjobd opens qcow2 version 3 images only, not version "
                              f"{version}")
-        incompatible, _, _, order, _ = V3.unpack_from(head, HEADER.size)
+        incompatible, _, _, order, header_length = V3.unpack_from(head, HEADER.size)
         if crypt or snapshots or incompatible or order != REFCOUNT_ORDER:
             raise Qcow2Error("qmpjobd's qcow2 driver does not support this image's features "
                              "(encryption, snapshots, external data, refcount width)")
@@ -99,10 +125,27 @@ class Qcow2Node(BlockNode):
             file.pread(rt_offset, rt_clusters * self.cluster)))
         self.backing_file = file.pread(backing_offset, backing_size).decode(
             errors="replace") if backing_size else ""
+        self.backing_format = self._backing_format(file, header_length)
         self._l2: dict[int, list[int]] = {}
         """L2 tables by host offset, read once: every update goes through this node."""
         self._meta = threading.Lock()
-        self._end: int = -(-file.length // self.cluster) * self.cluster
+        length = file.length
+        plain = file.plain_file()
+        if not self.read_only and plain is not None and length % 512:
+            os.ftruncate(plain.fd, length + (-length % 512))  # as QEMU leaves it once opened
+        self._end: int = -(-length // self.cluster) * self.cluster
+
+    @staticmethod
+    def _backing_format(file: BlockNode, pos: int) -> str:
+        """The backing format header extension's value, or '' (extensions from ``pos``)."""
+        while pos + 8 <= 65536:
+            kind, length = struct.unpack(">II", file.pread(pos, 8))
+            if kind == EXT_END:
+                return ""
+            if kind == EXT_BACKING_FORMAT:
+                return file.pread(pos + 8, length).decode(errors="replace")
+            pos += 8 + length + (-length % 8)
+        return ""
 
     @property
     def file(self) -> BlockNode:
@@ -261,29 +304,33 @@ class Qcow2Node(BlockNode):
         return self.file.filename()
 
     def backing_depth(self, flat: bool) -> int:
-        return 0 if self.backing is None else 1 + self.backing.backing_depth(flat)
+        """QEMU walks the chain only when not flat."""
+        if flat or self.backing is None:
+            return 0
+        return 1 + self.backing.backing_depth(flat)
 
     def image_info(self, flat: bool = True) -> dict[str, Any]:
         image: dict[str, Any] = {
-            "virtual-size": self.size, "filename": self.filename(),
-            "cluster-size": self.cluster, "format": "qcow2",
-            "actual-size": self.actual_size(),
+            "filename": self.filename(), "format": "qcow2", "dirty-flag": False,
+            "actual-size": self.actual_size(), "virtual-size": self.size,
+            "cluster-size": self.cluster,
             "format-specific": {"type": "qcow2", "data": {
                 "compat": "1.1", "compression-type": "zlib", "lazy-refcounts": False,
-                "refcount-bits": 16, "corrupt": False, "extended-l2": False}},
-            "dirty-flag": False}
+                "refcount-bits": 16, "corrupt": False, "extended-l2": False}}}
         if self.backing_file:
-            image["full-backing-filename"] = self.backing_file
             image["backing-filename"] = self.backing_file
+            image["full-backing-filename"] = self.backing_file
+            if self.backing_format:
+                image["backing-filename-format"] = self.backing_format
         if self.backing is not None and not flat:
             image["backing-image"] = self.backing.image_info(flat)
-        return image
+        return _qdict(image)
 
     def info(self, flat: bool = False) -> dict[str, Any]:
         out = super().info(flat)
         if self.backing_file:
             out["backing_file"] = self.backing_file
-        return out
+        return _qdict(out)
 
     def json_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"driver": "qcow2", "file": self.file.json_options()}
