@@ -222,3 +222,73 @@ def test_a_push_backup_is_the_disk(libvirt: Path, tmp_path: Path) -> None:
         virsh("undefine", name, check=False)
         for path in (image, target):
             path.unlink(missing_ok=True)
+
+
+def test_a_pull_backup_is_the_disk_over_nbd(libvirt: Path, tmp_path: Path) -> None:
+    """virsh backup-begin in pull mode on qmpjobd, as on QEMU 7.2 (the same QMP, recorded
+    there): libvirt creates a qcow2 scratch image over the disk (blockdev-create), starts a
+    sync=none backup into it and exports it over NBD as ``vda``.  While the guest keeps
+    writing, qemu-img convert and nbdcopy read the export: both equal the disk as it was at
+    backup-begin.  domjobinfo shows the job; domjobabort ends it (libvirt then stops the NBD
+    server and deletes the nodes) and domjobinfo --completed tells so."""
+    import grp
+    import pwd
+    import shutil
+    import subprocess
+    name = f"{NAME}-pull"
+    image = IMAGES / f"{name}.raw"
+    image.write_bytes(bytes(range(256)) * (16 << 12))
+    scratch = IMAGES / f"{name}-scratch.qcow2"
+    scratch.unlink(missing_ok=True)
+    sockdir = IMAGES / f"{name}-nbd"
+    shutil.rmtree(sockdir, ignore_errors=True)
+    sockdir.mkdir()
+    os.chown(sockdir, pwd.getpwnam("libvirt-qemu").pw_uid, grp.getgrnam("libvirt-qemu").gr_gid)
+    sock = sockdir / "nbd.sock"
+    xml = tmp_path / "domain.xml"
+    xml.write_text(DOMAIN.format(name=name, emulator=EMULATOR, image=image))
+    backup = tmp_path / "backup.xml"
+    backup.write_text(f"<domainbackup mode='pull'><server transport='unix' socket='{sock}'/>"
+                      f"<disks><disk name='vda' backup='yes' type='file'>"
+                      f"<scratch file='{scratch}'/></disk></disks></domainbackup>")
+    virsh("define", str(xml))
+    try:
+        virsh("start", name)
+        _workload(name, 4 << 20)
+        wait(lambda: _workload_writes(name) > 50, "the guest's writes")
+        _workload(name, 0)
+        at_start = image.read_bytes()
+        assert "Backup started" in virsh("backup-begin", name, str(backup)).stdout
+        assert "exportname='vda'" in virsh("backup-dumpxml", name).stdout
+        written = _workload_writes(name)
+        _workload(name, 8 << 20)
+        wait(lambda: _workload_writes(name) > written + 100, "writes during the backup")
+        info = virsh("domjobinfo", name).stdout
+        assert "Job type:         Unbounded" in info and "Operation:        Backup" in info
+        assert "Temporary disk space total: 16.000 MiB" in info
+        uri = f"nbd+unix:///vda?socket={sock}"
+        for argv, out in ((["qemu-img", "convert", "-f", "raw", "-O", "raw", uri],
+                           tmp_path / "pulled.raw"),
+                          (["nbdcopy", uri], tmp_path / "copied.raw")):
+            if shutil.which(argv[0]) is None:
+                continue
+            subprocess.run([*argv, str(out)], check=True, timeout=120)
+            assert out.read_bytes() == at_start
+        _workload(name, 0)
+        assert image.read_bytes() != at_start  # the guest did write meanwhile
+        virsh("domjobabort", name)
+        wait(lambda: "Job type:         None" in virsh("domjobinfo", name).stdout,
+             "the backup to end")
+        wait(lambda: not scratch.exists(), "libvirt to delete the scratch image")
+        done = virsh("domjobinfo", name, "--completed").stdout
+        assert "Job type:         Completed" in done and "Operation:        Backup" in done
+        assert "Error message:    Operation canceled" in done
+        monitor = orjson.loads(virsh("qemu-monitor-command", name,
+                                     '{"execute":"query-block-exports"}').stdout)
+        assert monitor["return"] == []
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        for path in (image, scratch):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
