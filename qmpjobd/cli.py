@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "signed by it")
     s.add_argument("--colo-tls", action="store_true",
                    help="use TLS (the same files) on the COLO replication link")
+    s.add_argument("--fd-passing", action="store_true",
+                   help="accept file descriptors from Unix-socket clients (getfd; SCM_RIGHTS); "
+                        "costs CPU per request")
     s.add_argument("--nbd-any-address", action="store_true",
                    help="let nbd-server-start listen on addresses other than loopback "
                         "(the NBD server has no TLS; COLO across hosts needs this)")
@@ -284,7 +287,8 @@ async def serve(args: argparse.Namespace) -> int:
     server = Server(vm, limits=Limits(max_output=args.max_output, max_message=args.max_message,
                                       max_total_output=args.max_total_output,
                                       max_clients=args.max_clients,
-                                      negotiation_timeout=args.negotiation_timeout),
+                                      negotiation_timeout=args.negotiation_timeout,
+                                      fd_passing=args.fd_passing),
                     access=access, tracer=tracer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -56,6 +56,8 @@ class Machine:
         registry.register("yank", self.yank)
         registry.register("system_reset", self.system_reset)
         registry.register("system_powerdown", self.system_powerdown)
+        registry.register("getfd", lambda args, session: session.fds.getfd(args["fdname"]))
+        registry.register("closefd", lambda args, session: session.fds.closefd(args["fdname"]))
 
     @property
     def running(self) -> bool:

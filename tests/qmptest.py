@@ -70,9 +70,11 @@ STARTED: list[Daemon] = []
 class Daemon:
     """A qmpjobd (or QEMU) process started for one test."""
 
-    def __init__(self, argv: list[str], path: str, single_client: bool = False) -> None:
+    def __init__(self, argv: list[str], path: str, single_client: bool = False,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.path = path
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     pass_fds=pass_fds)
         STARTED.append(self)
         wait_for_socket(path, self.proc, single_client=single_client)
 

@@ -176,6 +176,75 @@ class Channel:
             self.sock.close()
 
 
+class FdChannel(Channel):
+    """A migration stream on a descriptor a client passed or the process inherited
+    (``fd:``): a file or a pipe, read and written in worker threads so that the loop never
+    waits on it.  A socket is used as a socket (:func:`fd_channel`)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(None)
+        self.fd = fd
+        os.set_blocking(fd, True)
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        await asyncio.to_thread(_write_all, self.fd, data)
+        self.sent += len(data)
+
+    async def _recv(self, n: int) -> bytes:
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        chunk = await asyncio.to_thread(os.read, self.fd, n)
+        if not chunk:
+            raise ConnectionError("Input/output error")
+        self.received += len(chunk)
+        return chunk
+
+    async def recv_into(self, view: memoryview) -> None:
+        got = min(len(self._buf), len(view))
+        if got:
+            view[:got] = self._buf[:got]
+            del self._buf[:got]
+        while got < len(view):
+            if self.closed:
+                raise ConnectionResetError("connection closed")
+            n = await asyncio.to_thread(os.readv, self.fd, [view[got:got + _FD_CHUNK]])
+            if n == 0:
+                raise ShortRead(got)
+            got += n
+            self.received += n
+
+    def shutdown(self) -> None:
+        """A file cannot be interrupted: a cancel takes effect at the next chunk."""
+        self.closed = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+_FD_CHUNK = 4 << 20
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view[:_FD_CHUNK])
+        view = view[n:]
+
+
+def fd_channel(fd: int) -> Channel:
+    """A channel on ``fd``: a socket as a socket, anything else (a file, a pipe) through
+    worker threads."""
+    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+        return Channel(socket.socket(fileno=fd))
+    return FdChannel(fd)
+
+
 async def listen(addr: Address) -> socket.socket:
     """A listening socket for an incoming migration (port 0 picks a free port)."""
     target: Any

@@ -28,8 +28,10 @@ def register(registry: Registry, mig: Migration, heartbeat: Heartbeat) -> None:
     on("migrate-set-parameters", mig.set_parameters)
     on("query-migrate-parameters", lambda a: dict(mig.params))
     on("query-migrate", lambda a: mig.query_migrate())
-    on("migrate", lambda a: mig.migrate(a["uri"], a.get("blk", False), a.get("inc", False)))
-    on("migrate-incoming", lambda a: mig.migrate_incoming(a["uri"]))
+    registry.register("migrate", lambda a, session: mig.migrate(
+        a["uri"], a.get("blk", False), a.get("inc", False), session.fds))
+    registry.register("migrate-incoming", lambda a, session: mig.migrate_incoming(
+        a["uri"], session.fds))
     on("migrate_cancel", lambda a: mig.migrate_cancel())
 
     def migrate_continue(args: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -20,10 +21,11 @@ from ..address import Address
 from ..jobs import JobRegistry
 from ..machine import Machine
 from ..protocol.errors import QMPError
+from ..protocol.fds import PassedFds
 from ..schema import EventSink
 from ..tls import TlsFiles
 from . import tables, wire
-from .channel import Channel, TlsChannel, frame_ram, listen, parse_uri, recv_ram
+from .channel import Channel, TlsChannel, fd_channel, frame_ram, listen, parse_uri, recv_ram
 from .faults import Faults
 from .guest import Guest, dirty_runs
 from .reference import CAPABILITIES, DEFAULT_PARAMETERS, check_parameters
@@ -36,6 +38,22 @@ _RUNNING_STATUSES = frozenset(("setup", "active", "cancelling", "pre-switchover"
                                "postcopy-active", "postcopy-paused", "postcopy-recover",
                                "wait-unplug"))
 IN_PROGRESS = "There's a migration process in progress"
+
+
+def _monitor_fd(name: str, fds: PassedFds | None) -> int:
+    """monitor_fd_param(): a number is a descriptor of this process, a name one the client
+    passed with getfd (taken from it)."""
+    if name.isdigit():
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise QMPError(f"fd: {os.strerror(errno.EBADF)}") from None
+        return fd
+    fd_or_none = fds.take(name) if fds is not None else None
+    if fd_or_none is None:
+        raise QMPError(f"File descriptor named '{name}' has not been found")
+    return fd_or_none
 
 
 class Migration:
@@ -292,8 +310,10 @@ class Migration:
             raise QMPError("The feature 'colo' is not enabled")
         self.rep.kick()
 
-    def migrate(self, uri: str, blk: bool, inc: bool = False) -> None:
-        """migrate: start the outgoing side (the connection happens after the reply)."""
+    def migrate(self, uri: str, blk: bool, inc: bool = False,
+                fds: PassedFds | None = None) -> None:
+        """migrate: start the outgoing side (the connection happens after the reply);
+        ``fd:NAME`` writes to a descriptor the client passed with getfd (``fds``)."""
         if self.out_status in _RUNNING_STATUSES or self.out_status == "colo" \
                 or self.in_status in _RUNNING_STATUSES or self.in_status == "colo":
             raise QMPError(IN_PROGRESS)
@@ -303,8 +323,9 @@ class Migration:
             raise QMPError("No disk migration is required in COLO mode")
         if self.machine.status == "postmigrate":
             raise QMPError("Can't migrate the vm that was paused due to previous migration")
-        addr = parse_uri(uri)
-        if addr is None:
+        target: Address | int | None = \
+            _monitor_fd(uri[3:], fds) if uri.startswith("fd:") else parse_uri(uri)
+        if target is None:
             self._set_out("failed", event=False)  # 7.2 leaves this behind, without an event
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
         old = self.jobs.find(COLO_JOB_ID)
@@ -316,16 +337,24 @@ class Migration:
         self.machine.yankables["migration"] = self._yank
         self._set_out("setup")
         self._connecting = asyncio.get_running_loop().create_task(
-            self._outgoing(addr, self.caps["x-colo"]))
+            self._outgoing(target, self.caps["x-colo"]))
         self._tasks.add(self._connecting)
         self._connecting.add_done_callback(self._tasks.discard)
 
-    def migrate_incoming(self, uri: str) -> Any:
-        """migrate-incoming: only with ``--incoming defer``, and only once."""
+    def migrate_incoming(self, uri: str, fds: PassedFds | None = None) -> Any:
+        """migrate-incoming: only with ``--incoming defer``, and only once.  ``fd:N`` reads
+        an inherited descriptor (``fd:NAME``, one the client passed)."""
         if self.incoming != "defer":
             raise QMPError("'-incoming' was not specified on the command line")
         if self.incoming_started:
             raise QMPError("The incoming migration has already been started")
+        if uri.startswith("fd:"):
+            fd = _monitor_fd(uri[3:], fds)
+            self.incoming_started = True
+            self.machine.yankables["migration"] = self._yank
+            self._set_in("setup")
+            self._spawn(self._incoming_fd(fd))
+            return None
         if parse_uri(uri) is None:
             raise QMPError("Parameter 'uri' expects a valid migration protocol")
         return self._start_incoming(uri)
@@ -374,16 +403,20 @@ class Migration:
 
     # -- outgoing --------------------------------------------------------------------------
 
-    async def _outgoing(self, addr: Address, colo: bool) -> None:
+    async def _outgoing(self, addr: Address | int, colo: bool) -> None:
         guest = self.guest
         try:
-            chan = await Channel.connect(addr) if self.tls is None else \
-                await TlsChannel.connect_tls(addr, self.tls.client_context())
+            if isinstance(addr, int):
+                chan = fd_channel(addr)
+            else:
+                chan = await Channel.connect(addr) if self.tls is None else \
+                    await TlsChannel.connect_tls(addr, self.tls.client_context())
         except asyncio.CancelledError:  # migrate_cancel or yank while connecting
             self.machine.yankables.pop("migration", None)
             self._set_out("cancelled" if self.out_status == "cancelling" else "failed")
             return
         except OSError as e:
+            assert not isinstance(addr, int)
             where = addr.path if addr.kind == "unix" else f"{addr.host}:{addr.port}"
             # errno's text ("Connection refused"); a resolver error has a negative errno
             reason = os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)
@@ -510,7 +543,6 @@ class Migration:
             if addr.kind == "unix":
                 with contextlib.suppress(OSError):
                     os.unlink(addr.path)
-        guest = self.guest
         try:
             chan = Channel(conn) if self.tls is None else \
                 await TlsChannel.accept_tls(conn, self.tls.server_context())
@@ -521,6 +553,22 @@ class Migration:
             self.machine.yankables.pop("migration", None)
             self._set_in("failed")
             return
+        await self._load(chan)
+
+    async def _incoming_fd(self, fd: int) -> None:
+        """migrate-incoming fd:: the stream is already there."""
+        try:
+            chan = fd_channel(fd)
+        except OSError as e:
+            self.error_desc = f"fd: {e.strerror or e}"
+            self.machine.yankables.pop("migration", None)
+            self._set_in("failed")
+            return
+        await self._load(chan)
+
+    async def _load(self, chan: Channel) -> None:
+        """Load the guest from an incoming stream (then, with x-colo, replicate)."""
+        guest = self.guest
         self._chan = chan
         rep: Replication | None = None
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import encode
 from .errors import QMPError
+from .fds import PassedFds
 from .jsonstream import MAX_TOKEN_SIZE, NEED_DATA, PENDING, JSONStream, ParseError
 
 
@@ -57,7 +58,7 @@ class Session:
     :attr:`finished` tell it what to do.
     """
 
-    __slots__ = ("_drained", "_inband", "_out", "_out_size", "busy", "enabled", "eof",
+    __slots__ = ("_drained", "_inband", "_out", "_out_size", "busy", "enabled", "eof", "fds",
                  "name", "negotiated", "offered", "oob", "read_paused", "reading", "running",
                  "stalled", "stream", "write_blocked", "write_high", "yielded")
 
@@ -89,6 +90,8 @@ class Session:
         self.read_paused = False
         self.eof = False
         self._drained = False
+        self.fds = PassedFds()
+        """Descriptors the client passed (getfd); closed with the session."""
 
     # -- negotiation ---------------------------------------------------------------------------
 
@@ -239,6 +242,7 @@ class Session:
         self._out.clear()
         self._out_size = 0
         self.stream.reset()
+        self.fds.close_all()
 
 
 def _is_oob(item: Any) -> bool:

@@ -29,7 +29,7 @@ from ..hardware import Chardev as HwChardev
 from ..hardware import Device
 from ..protocol.errors import QMPError
 from ..runtime import loop_factory, tune_malloc
-from ..server import Access, Server, StartupError
+from ..server import Access, Limits, Server, StartupError
 from ..vm import Vm
 from . import cmdline
 from .cmdline import Chardev, CmdlineError, QemuConfig
@@ -165,7 +165,8 @@ async def serve(cfg: QemuConfig, ready: int | None, pidfile: PidFile | None) -> 
     vm = build_vm(cfg)
     umask = os.umask(0)
     os.umask(umask)
-    server = Server(vm, access=Access(socket_mode=0o777 & ~umask))
+    server = Server(vm, access=Access(socket_mode=0o777 & ~umask),
+                    limits=Limits(fd_passing=True))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, vm.signal_stop, sig.name)

@@ -22,6 +22,8 @@ def declare(s: Schema) -> None:
     s.event("STOP")
     s.event("RESUME")
     s.command("stop")
+    s.command("getfd", {"fdname": "str"})
+    s.command("closefd", {"fdname": "str"})
     s.command("cont")
     s.command("quit")
 

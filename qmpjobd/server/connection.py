@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol.jsonstream import ParseError
 from ..protocol.session import Request, Session
+from .fdtransport import FdTransport
 
 if TYPE_CHECKING:
     from .server import Server
@@ -78,6 +79,8 @@ class Connection(asyncio.Protocol):
             transport.abort()
             return
         transport.set_write_buffer_limits(high=TRANSPORT_HIGH)
+        if isinstance(transport, FdTransport):
+            transport.on_fds = self.session.fds.receive
         self.server.attach(self)
         transport.write(self.server.greeting)
         log.debug("conn%d: connected", self.id)

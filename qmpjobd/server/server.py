@@ -25,6 +25,7 @@ from ..errors import QmpjobdError
 from ..libc import libc
 from ..protocol import encode
 from ..protocol.jsonstream import MAX_TOKEN_SIZE
+from . import fdtransport
 from .connection import Connection
 from .trace import Tracer
 
@@ -51,6 +52,10 @@ class Limits:
     """Connections served at once; one more is closed at once (0: no limit, as QEMU)."""
     negotiation_timeout: float = 0.0
     """Seconds a client may stay connected without qmp_capabilities (0: no limit, as QEMU)."""
+    fd_passing: bool = False
+    """Unix-socket clients may pass descriptors (getfd): their connections are read with
+    recvmsg() by fdtransport.py, which costs more CPU per request than the loop's own
+    transport (the QEMU front end turns it on: libvirt's save and restore need it)."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +313,11 @@ class _Listener:
         server._next_id += 1
         conn_id = server._next_id
         try:
+            if conn.family == socket.AF_UNIX and self.tls is None and \
+                    server.limits.fd_passing:
+                # a Unix client may pass descriptors (getfd): read with recvmsg()
+                fdtransport.start(self.loop, conn, lambda: Connection(server, conn_id))
+                return
             await self.loop.connect_accepted_socket(
                 lambda: Connection(server, conn_id), conn, ssl=self.tls)
         except (OSError, ssl.SSLError) as e:
