@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,6 +161,10 @@ def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> 
         virsh("blockcopy", name, "vda", str(copies[2]), "--transient-job", "--bandwidth", "1")
         info = virsh("blockjob", name, "vda", "--info").stdout
         assert "Bandwidth limit: 1048576 bytes/s (1.000 MiB/s)" in info
+        # a block copy is no domain job: libvirt answers these itself (as with QEMU 7.2)
+        assert "Job type:         None" in virsh("domjobinfo", name).stdout
+        refused = virsh("domjobabort", name, check=False)
+        assert refused.returncode == 1 and "no job is active on the domain" in refused.stderr
         virsh("blockjob", name, "vda", "--abort")
         assert virsh("blockjob", name, "vda", "--info").stdout.strip() == \
             "No current block job for vda"
@@ -294,6 +299,13 @@ def test_a_pull_backup_is_the_disk_over_nbd(libvirt: Path, tmp_path: Path) -> No
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
+def _monitor(name: str, request: dict[str, object]) -> object:
+    reply = orjson.loads(virsh("qemu-monitor-command", name, orjson.dumps(request).decode())
+                         .stdout)
+    assert "return" in reply, reply
+    return reply["return"]
+
+
 def _digest(name: str) -> str:
     reply = orjson.loads(virsh("qemu-monitor-command", name,
                                '{"execute":"x-query-guest-state"}').stdout)
@@ -302,7 +314,8 @@ def _digest(name: str) -> str:
 
 def test_save_restore_and_managedsave_keep_the_guest(libvirt: Path, tmp_path: Path) -> None:
     """virsh save, restore and managedsave on qmpjobd, as on QEMU 7.2 (the same QMP,
-    recorded there): libvirt stops the guest, passes the file with getfd (SCM_RIGHTS) and
+    recorded there), and a save that domjobinfo watches and domjobabort ends: libvirt
+    stops the guest, passes the file with getfd (SCM_RIGHTS) and
     migrates to fd:migrate; on restore it starts the emulator with -incoming defer and the
     file as an inherited descriptor, migrate-incoming fd:N, then cont.  The guest's memory
     digest after each restore is the one it had when saved, and domjobinfo --completed
@@ -318,6 +331,23 @@ def test_save_restore_and_managedsave_keep_the_guest(libvirt: Path, tmp_path: Pa
     try:
         virsh("start", name)
         before = _digest(name)
+        # a save held (a qmpjobd drill) before its RAM: domjobinfo shows it, domjobabort
+        # cancels it (migrate_cancel) and libvirt resumes the guest
+        _monitor(name, {"execute": "x-daemon-colo-inject",
+                        "arguments": {"phase": "ram", "action": "hold"}})
+        save = subprocess.Popen(["virsh", "-c", "qemu:///system", "save", name, str(saved)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait(lambda: "Operation:        Save" in virsh("domjobinfo", name).stdout,
+             "the save to show in domjobinfo")
+        assert "Job type:         Unbounded" in virsh("domjobinfo", name).stdout
+        virsh("domjobabort", name)
+        _, err = save.communicate(timeout=60)
+        assert save.returncode == 1
+        assert "operation aborted: job 'domain save' canceled by client" in err
+        assert virsh("domstate", name).stdout.strip() == "running"
+        _monitor(name, {"execute": "x-daemon-colo-inject",
+                        "arguments": {"phase": "ram", "action": "none"}})
+        assert not saved.exists()
         assert f"Domain '{name}' saved to {saved}" in virsh("save", name, str(saved)).stdout
         assert virsh("domstate", name).stdout.strip() == "shut off"
         head = saved.read_bytes()[:16]

@@ -89,6 +89,8 @@ class Migration:
         self._chan: Channel | None = None
         self._started = False
         self._connecting: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        """Set by migrate_cancel or yank: a held or delayed drill on a plain migration ends."""
         self.on_colo_error: list[Callable[[], None]] = []
         """Called when a replication run ends with COLO_EXIT error (the heartbeat's hook)."""
 
@@ -333,6 +335,7 @@ class Migration:
             self.jobs.dismiss_now(old)
         self.error_desc = None
         self._chan = None
+        self._stopping = asyncio.Event()
         self.dirty_sync_count = 0
         self.machine.yankables["migration"] = self._yank
         self._set_out("setup")
@@ -371,8 +374,32 @@ class Migration:
             self._set_out("cancelling")
             self._interrupt()
 
+    async def _ram_fault(self) -> None:
+        """A drill on a plain migration (a save): x-daemon-colo-inject at ``ram`` holds,
+        delays or cuts it before its RAM is sent, so that a save can be watched and
+        cancelled at a known point; migrate_cancel ends a hold or a delay."""
+        fault = self.faults.take("ram")
+        if fault is None:
+            return
+        log.warning("fault injection: %s at ram (migration)", fault.action)
+        if fault.action == "cut":
+            raise ConnectionResetError("connection shut down")
+        if fault.action in ("hold", "delay"):
+            waits = [asyncio.ensure_future(fault.released.wait()),
+                     asyncio.ensure_future(self._stopping.wait())]
+            try:
+                await asyncio.wait(waits, timeout=fault.delay if fault.action == "delay"
+                                   else None, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                self.faults.done_delaying(fault)
+            if self._stopping.is_set():
+                raise ConnectionResetError("migration cancelled")
+
     def _interrupt(self) -> None:
         """Stop the outgoing link: a connection still being made is abandoned."""
+        self._stopping.set()
         if self._chan is not None:
             self._chan.shutdown()
         elif self._connecting is not None and not self._connecting.done():
@@ -438,6 +465,8 @@ class Migration:
             ps, view = guest.page_size, guest.ram.view
             data, zero = await asyncio.to_thread(guest.nonzero_runs)
             await chan.send([wire.header(guest.page_size, guest.pages, colo, guest.side)])
+            if not colo:
+                await self._ram_fault()
             for runs, flag in ((zero, wire.REC_ZERO), (data, wire.REC_PAGE)):
                 framed = await asyncio.to_thread(frame_ram, view, ps, runs, flag, False)
                 await chan.send(framed.blocks)
