@@ -275,9 +275,13 @@ class BackupJob(Job):
         await self.pause_point()
 
     async def _copy_with_policy(self, offset: int, n: int) -> None:
+        await self._with_policy(self._copy, offset, n)
+
+    async def _with_policy(self, fn: Any, *args: Any) -> None:
+        """Run a copy in a worker thread, applying on-source-error / on-target-error."""
         while True:
             try:
-                await self.io(self._copy, offset, n, hold=self.files)
+                await self.io(fn, *args, hold=self.files)
                 return
             except BlockIOError as e:
                 policy = self.on_source_error if e.operation == "read" else self.on_target_error
@@ -309,14 +313,17 @@ class BackupJob(Job):
         if not self.cbw:
             self._copy_range(offset, n)
             return
-        runs = self.copy_map.claim(offset, n)
-        try:
-            for start, length in runs:
-                self._copy_range(start, length)
-        except BaseException:
-            self.copy_map.finish(runs, False)
-            raise
-        self.copy_map.finish(runs, True)
+        # cluster by cluster: a guest write to a cluster the job holds waits for that
+        # cluster's copy only, not for the whole chunk
+        for at in range(offset, offset + n, CLUSTER):
+            runs = self.copy_map.claim(at, min(CLUSTER, offset + n - at))
+            try:
+                for start, length in runs:
+                    self._copy_range(start, length)
+            except BaseException:
+                self.copy_map.finish(runs, False)
+                raise
+            self.copy_map.finish(runs, True)
 
     def _copy_range(self, offset: int, n: int) -> None:
         if self._fast:

@@ -22,6 +22,24 @@ BUF_SIZE = 16 << 20
 """QEMU's default mirror buf-size: what one iteration issues before the rate limit."""
 
 
+def _batches(ranges: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
+    """``ranges`` cut into consecutive groups of about ``size`` bytes (none longer)."""
+    out: list[list[tuple[int, int]]] = []
+    batch: list[tuple[int, int]] = []
+    total = 0
+    for start, n in ranges:
+        for offset in range(start, start + n, size):
+            step = min(size, start + n - offset)
+            if batch and total + step > size:
+                out.append(batch)
+                batch, total = [], 0
+            batch.append((offset, step))
+            total += step
+    if batch:
+        out.append(batch)
+    return out
+
+
 class MirrorJob(BackupJob):
     """blockdev-mirror / drive-mirror with sync full."""
 
@@ -50,16 +68,19 @@ class MirrorJob(BackupJob):
         while ranges := self.tracker.take(BUF_SIZE):
             pending = sum(n for _, n in ranges)  # in flight: still part of the total
             self.dispatched(pending)
-            for start, n in ranges:
-                for offset in range(start, start + n, CHUNK):
-                    step = min(CHUNK, start + n - offset)
-                    await self._copy_with_policy(offset, step)
-                    copied += step
-                    pending -= step
-                    self.set_progress(copied, copied + pending + self.tracker.count)
-                    if self.is_cancelled:
-                        raise JobCancelled
+            for batch in _batches(ranges, CHUNK):  # one worker call per CHUNK of ranges
+                await self._with_policy(self._copy_ranges, batch)
+                step = sum(n for _, n in batch)
+                copied += step
+                pending -= step
+                self.set_progress(copied, copied + pending + self.tracker.count)
+                if self.is_cancelled:
+                    raise JobCancelled
             await self.rate_limit(0)
+
+    def _copy_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        for start, n in ranges:
+            self._copy_range(start, n)
 
     async def run(self) -> None:
         self.set_progress(0, self.tracker.count)
@@ -75,7 +96,9 @@ class MirrorJob(BackupJob):
                           self.current_progress + copied)
 
     def _last_sync(self) -> int:
-        """In a worker thread: hold the source's writes, copy what is still dirty."""
+        """In a worker thread: hold the source's writes, copy what is still dirty.  The
+        target is flushed first, so that the flush while writes are held is short."""
+        self.target.flush()
         self.source.freeze()
         self._frozen = True
         copied = 0

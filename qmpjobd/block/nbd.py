@@ -46,6 +46,9 @@ class Export:
     writable: bool
     bitmaps: list[DirtyBitmap]
     allocation_depth: bool
+    size: int = 0
+    """The node's size when exported: what clients are told and requests are checked
+    against (QEMU's export size is fixed too)."""
     clients: set[Client] = field(default_factory=set)
     shutting_down: bool = False
 
@@ -146,7 +149,7 @@ class Client:
             if exp is None:
                 return b""
             self._attach(exp)
-            return w.export_name_reply(exp.node.length, self._flags(exp),
+            return w.export_name_reply(exp.size, self._flags(exp),
                                        not self.no_zeroes)
         if opt == w.OPT_ABORT:
             return w.option_reply(opt, w.REP_ACK)
@@ -190,7 +193,7 @@ class Client:
             out.append(w.option_reply(opt, w.REP_INFO, w.info_description(exp.description)))
         out.append(w.option_reply(opt, w.REP_INFO, w.info_block_size(1, 4096, w.MAX_BUFFER)))
         out.append(w.option_reply(opt, w.REP_INFO,
-                                  w.info_export(exp.node.length, self._flags(exp))))
+                                  w.info_export(exp.size, self._flags(exp))))
         out.append(w.option_reply(opt, w.REP_ACK))
         if opt == w.OPT_GO:
             self._attach(exp)
@@ -272,7 +275,7 @@ class Client:
             self.writer.write(w.simple_reply(handle, error))
 
     def _check_range(self, exp: Export, req: w.Request) -> int:
-        size = exp.node.length
+        size = exp.size
         if req.offset > size or req.length > size - req.offset:
             raise _Refused(w.EINVAL, f"operation past EOF; From: {req.offset}, "
                                      f"Len: {req.length}, Size: {size}")
@@ -296,17 +299,14 @@ class Client:
                 self.writer.write(w.simple_reply(req.handle))
             self.writer.write(data)
             return
-        runs = await _io(node, node.status, req.offset, req.length)
-        pos = req.offset
-        for i, (length, is_data) in enumerate(runs):
-            last = i == len(runs) - 1
-            if is_data:
-                data = await _io(node, node.pread, pos, length)
+        pieces = await _io(node, _sparse_read, node, req.offset, req.length)
+        for i, (pos, length, data) in enumerate(pieces):
+            last = i == len(pieces) - 1
+            if data is not None:
                 self.writer.write(w.offset_data_header(req.handle, pos, length, last))
                 self.writer.write(data)
             else:
                 self.writer.write(w.offset_hole(req.handle, pos, length, last))
-            pos += length
 
     async def _simple_cmd(self, exp: Export, req: w.Request, payload: bytes) -> None:
         node, kind = exp.node, req.type
@@ -401,6 +401,18 @@ async def _io(node: BlockNode, fn: Any, *args: Any) -> Any:
     finally:
         for f in files:
             f.release()
+
+
+def _sparse_read(node: BlockNode, offset: int, length: int
+                 ) -> list[tuple[int, int, bytes | None]]:
+    """A structured read in one worker call: (offset, length, data) per run of data, None
+    for a hole (sent as NBD_REPLY_TYPE_OFFSET_HOLE, as QEMU's sparse reads do)."""
+    pieces: list[tuple[int, int, bytes | None]] = []
+    pos = offset
+    for n, is_data in node.status(offset, length):
+        pieces.append((pos, n, node.pread(pos, n) if is_data else None))
+        pos += n
+    return pieces
 
 
 def _merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -616,7 +628,7 @@ class NbdServer:
             bitmap.busy = True
         node.exports.add(eid)
         self.exports[eid] = Export(eid, name, description, node, writable, bitmaps,
-                                   args.get("allocation-depth", False))
+                                   args.get("allocation-depth", False), node.length)
 
     def _bitmap(self, node: BlockNode, ref: Any) -> DirtyBitmap:
         if isinstance(ref, str):
