@@ -99,7 +99,8 @@ def test_save_to_a_descriptor_and_restore_from_one(tmp_path: Path, medium: str) 
                                   [f.fileno()]) == {"return": {}}
     else:
         rfd, wfd = os.pipe()
-        reader = subprocess.Popen(["cat"], stdin=rfd, stdout=open(image, "wb"))
+        with open(image, "wb") as out:
+            reader = subprocess.Popen(["cat"], stdin=rfd, stdout=out)
         os.close(rfd)
         assert _send_with_fds(c, {"execute": "getfd", "arguments": {"fdname": "migrate"}},
                               [wfd]) == {"return": {}}
