@@ -112,3 +112,16 @@ def parse_address(text: str) -> Address:
         return Address("unix", path=text)
     host, port = parse_host_port(text)
     return Address("tcp", host=host, port=port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback: where a listener
+    without TLS may be reached only from here."""
+    if host == "localhost":
+        return True
+    import ipaddress  # only TCP listeners ask; it costs a millisecond at every start
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -76,7 +76,7 @@ def _allowed(mod: str, allowed: tuple[str, ...]) -> bool:
     (("protocol",), ("qmpjobd.protocol", "qmpjobd.errors")),
     (("schema",), ("qmpjobd.schema", "qmpjobd.protocol", "qmpjobd.errors")),
     (("server",), ("qmpjobd.server", "qmpjobd.protocol", "qmpjobd.schema", "qmpjobd.errors",
-                   "qmpjobd.libc")),
+                   "qmpjobd.libc", "qmpjobd.address")),
     (("health", "watch"), ("qmpjobd.client", "qmpjobd.address", "qmpjobd.paths",
                            "qmpjobd.errors")),
     (("qemu/cmdline",), ("qmpjobd.errors",)),

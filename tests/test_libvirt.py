@@ -130,6 +130,14 @@ def _workload_writes(name: str) -> int:
     return int(reply["return"][0]["writes"]) if reply["return"] else 0
 
 
+def _guest_wrote(name: str, image: Path) -> bytes:
+    """Let the guest write to its disk, pause the writer; the disk's bytes then."""
+    _workload(name, 4 << 20)
+    wait(lambda: _workload_writes(name) > 50, "the guest's writes")
+    _workload(name, 0)
+    return image.read_bytes()
+
+
 def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> None:
     """virsh blockcopy on qmpjobd, as on QEMU 7.2 (same outputs, tried on both): libvirt
     creates the copy with blockdev-create, mirrors, and with --pivot the disk is the copy
@@ -207,10 +215,7 @@ def test_a_push_backup_is_the_disk(libvirt: Path, tmp_path: Path) -> None:
     virsh("define", str(xml))
     try:
         virsh("start", name)
-        _workload(name, 4 << 20)
-        wait(lambda: _workload_writes(name) > 50, "the guest's writes")
-        _workload(name, 0)
-        at_start = image.read_bytes()
+        at_start = _guest_wrote(name, image)
         assert "Backup started" in virsh("backup-begin", name, str(backup)).stdout
         written = _workload_writes(name)
         _workload(name, 64 << 20)
@@ -259,10 +264,7 @@ def test_a_pull_backup_is_the_disk_over_nbd(libvirt: Path, tmp_path: Path) -> No
     virsh("define", str(xml))
     try:
         virsh("start", name)
-        _workload(name, 4 << 20)
-        wait(lambda: _workload_writes(name) > 50, "the guest's writes")
-        _workload(name, 0)
-        at_start = image.read_bytes()
+        at_start = _guest_wrote(name, image)
         assert "Backup started" in virsh("backup-begin", name, str(backup)).stdout
         assert "exportname='vda'" in virsh("backup-dumpxml", name).stdout
         written = _workload_writes(name)

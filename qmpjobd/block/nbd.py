@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..address import is_loopback
 from ..errors import QmpjobdError
 from ..protocol.errors import QMPError
 from ..protocol.session import Session
@@ -452,15 +452,6 @@ def _bitmap_extents(bitmap: DirtyBitmap, offset: int, length: int) -> list[tuple
     return _merge(runs)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class NbdServer:
     """The NBD server (one per daemon, as in QEMU) and the block exports."""
 
@@ -508,7 +499,7 @@ class NbdServer:
             self.unix_path = path
         elif kind == "inet":
             host, port = data["host"], data["port"]
-            if not _loopback(host) and not self.any_address:
+            if not is_loopback(host) and not self.any_address:
                 raise QMPError(f"qmpjobd serves NBD without TLS on loopback only, not on "
                                f"'{host}' (see --nbd-any-address)")
             try:

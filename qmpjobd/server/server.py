@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..address import is_loopback
 from ..errors import QmpjobdError
 from ..libc import libc
 from ..protocol import encode
@@ -202,7 +203,7 @@ class Server:
         """Serve a listening socket handed over by systemd (socket activation)."""
         if sock.family != socket.AF_UNIX:
             host = sock.getsockname()[0]
-            if self.access.tls is None and not _is_loopback(host):
+            if self.access.tls is None and not is_loopback(host):
                 raise StartupError(f"refusing the activated socket on non-loopback {host} "
                                    "without TLS (--tcp-tls with --tls-cert and --tls-key)")
         self._serve(sock, self.access.tls if sock.family != socket.AF_UNIX else None)
@@ -211,7 +212,7 @@ class Server:
     async def listen_tcp(self, host: str, port: int) -> None:
         """Listen on TCP: with TLS configured on any address, else on loopback only (QMP
         itself has no authentication)."""
-        if self.access.tls is None and not _is_loopback(host):
+        if self.access.tls is None and not is_loopback(host):
             raise StartupError(f"refusing to listen on non-loopback address {host} without "
                                "TLS (QMP has no authentication; use --tcp-tls with "
                                "--tls-cert and --tls-key)")
@@ -364,17 +365,6 @@ def _malloc_trim() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    import ipaddress  # only TCP listeners ask; it costs a millisecond at every start
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _clear_stale_socket(path: str) -> None:
