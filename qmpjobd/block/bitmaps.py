@@ -63,6 +63,18 @@ class DirtyBitmap:
         with self._lock:
             self._set_bits(first, last)
 
+    def reset_range(self, offset: int, length: int) -> None:
+        """Clear the granules wholly inside ``[offset, offset + length)`` (a write-blocking
+        mirror has just written them to its target)."""
+        first = -(-offset // self.granularity)
+        last = min((offset + length) // self.granularity, self._granules) - 1
+        if first > last:
+            return
+        with self._lock:
+            value = int.from_bytes(self._bits, "little")
+            value &= ~(((1 << (last - first + 1)) - 1) << first)
+            self._bits[:] = value.to_bytes(len(self._bits), "little")
+
     def _set_bits(self, first: int, last: int) -> None:
         bits = self._bits
         lo_byte, hi_byte = first // 8, last // 8

@@ -91,6 +91,7 @@ def register(registry: Registry, graph: BlockGraph, jobs: JobRegistry) -> None:
         job.sync = sync
         if isinstance(job, MirrorJob):
             job.on_pivot = graph.replace
+            job.write_blocking = args.get("copy-mode") == "write-blocking"
         if bitmap is not None:
             job.sync_bitmap, job.bitmap_mode = bitmap, mode
         if job.cbw:

@@ -10,6 +10,8 @@ on the source move to the target), without one for a soft cancel.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -55,32 +57,70 @@ class MirrorJob(BackupJob):
         self.tracker = DirtyBitmap("", CLUSTER, self.source.length)
         self.tracker.set_range(0, self.source.length)  # sync full: everything to copy
         self._frozen = False
+        self.write_blocking = False
+        """copy-mode write-blocking: each guest write also goes to the target before it
+        completes (QEMU's active mirror), so the job converges whatever the guest does."""
+        self.copied = 0
+        """Bytes the job itself copied."""
+        self.written_through = 0
+        """Bytes guest writes wrote to the target (write-blocking)."""
+        self._sync = threading.Lock()
+        """Held by a job copy and by a written-through write: never both on one range."""
 
     def attach(self) -> None:
         super().attach()
         self.source.trackers.append(self.tracker)
+        if self.write_blocking:
+            self.tracker.recording = False  # writes are copied as they happen instead
+            self.source.after_write.append(self._write_through)
+            self._loop = asyncio.get_running_loop()
+
+    def _write_through(self, offset: int, length: int, data: bytes | None) -> None:
+        """In the guest's writer thread, after its write reached the source: the same bytes
+        to the target (do_sync_target_write); zeroes and discards are left to the job."""
+        if data is None or self.status in ("concluded", "null") or self.cancelled:
+            self.tracker.set_range(offset, length)
+            return
+        with self._sync:
+            self.tracker.reset_range(offset, length)
+            try:
+                self.target.pwrite(offset, data)
+            except OSError:
+                self.tracker.set_range(offset, length)  # the job copies it later
+                return
+            self.written_through += length
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._report, 0)
+
+    def _report(self, pending: int) -> None:
+        """Progress: what the job and written-through writes copied, of that plus what is
+        in flight and still dirty."""
+        if self.status in ("concluded", "null"):
+            return
+        done = self.copied + self.written_through
+        self.set_progress(done, done + pending + self.tracker.count)
 
     async def copy_all(self) -> None:
         """As mirror_iteration(): take up to BUF_SIZE of dirty ranges and charge them to the
         rate limit, copy them CHUNK by CHUNK, then sleep what the limit says; returns when
         nothing is dirty.  Progress: copied so far, of that plus what is still dirty."""
-        copied = self.current_progress
         while ranges := self.tracker.take(BUF_SIZE):
             pending = sum(n for _, n in ranges)  # in flight: still part of the total
             self.dispatched(pending)
             for batch in _batches(ranges, CHUNK):  # one worker call per CHUNK of ranges
                 await self._with_policy(self._copy_ranges, batch)
                 step = sum(n for _, n in batch)
-                copied += step
+                self.copied += step
                 pending -= step
-                self.set_progress(copied, copied + pending + self.tracker.count)
+                self._report(pending)
                 if self.is_cancelled:
                     raise JobCancelled
             await self.rate_limit(0)
 
     def _copy_ranges(self, ranges: list[tuple[int, int]]) -> None:
-        for start, n in ranges:
-            self._copy_range(start, n)
+        with self._sync:
+            for start, n in ranges:
+                self._copy_range(start, n)
 
     async def run(self) -> None:
         self.set_progress(0, self.tracker.count)
@@ -91,9 +131,8 @@ class MirrorJob(BackupJob):
             await self.sleep(0.1)  # a pause point for pause and cancel
             await self.copy_all()  # what the guest wrote meanwhile
         # the end, in a drained section: no write gets in between the last copy and the pivot
-        copied = await self.io(self._last_sync, hold=self.files)
-        self.set_progress(self.current_progress + copied,
-                          self.current_progress + copied)
+        self.copied += await self.io(self._last_sync, hold=self.files)
+        self._report(0)
 
     def _last_sync(self) -> int:
         """In a worker thread: hold the source's writes, copy what is still dirty.  The
@@ -122,6 +161,8 @@ class MirrorJob(BackupJob):
             self.on_pivot(self.source, self.target)
 
     def clean(self) -> None:
+        if self._write_through in self.source.after_write:
+            self.source.after_write.remove(self._write_through)
         if self.tracker in self.source.trackers:
             self.source.trackers.remove(self.tracker)
         if self._frozen:

@@ -67,6 +67,9 @@ class BlockNode:
         self.filters: list[str] = []
         """Names of the filter nodes above this one that do not share writes (a backup's
         copy-before-write filter): a write by node name is refused while one is there."""
+        self.after_write: list[Callable[[int, int, bytes | None], None]] = []
+        """Called with (offset, length, data) in the writer's thread after a write (data
+        None: zeroes or a discard) changed this node (a write-blocking mirror)."""
         self.before_write: list[Callable[[int, int], None]] = []
         """Called with (offset, length) in the writer's thread before a write or discard
         changes this node's data (a backup's copy-before-write); raising fails the write."""
@@ -94,6 +97,8 @@ class BlockNode:
             finally:
                 if self.bitmaps or self.trackers:
                     self.mark_dirty(offset, len(data))
+            for after in list(self.after_write):
+                after(offset, len(data), data)
         finally:
             self._leave_write()
 
@@ -146,6 +151,8 @@ class BlockNode:
                 self._discard(offset, length)
             finally:
                 self.mark_dirty(offset, length)
+            for after in list(self.after_write):
+                after(offset, length, None)
         finally:
             self._leave_write()
 
@@ -162,6 +169,8 @@ class BlockNode:
             finally:
                 if self.bitmaps or self.trackers:
                     self.mark_dirty(offset, length)
+            for after in list(self.after_write):
+                after(offset, length, None)
         finally:
             self._leave_write()
 

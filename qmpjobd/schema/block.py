@@ -175,7 +175,9 @@ def declare(s: Schema) -> None:
     s.struct("TransactionProperties", {"*completion-mode": "ActionCompletionMode"})
     s.command("transaction", {"actions": ["TransactionAction"],
                               "*properties": "TransactionProperties"})
-    mirror = {**common, "*replaces": "str", "*granularity": "uint32", "*buf-size": "int"}
+    s.enum("MirrorCopyMode", ["background", "write-blocking"])
+    mirror = {**common, "*replaces": "str", "*granularity": "uint32", "*buf-size": "int",
+              "*copy-mode": "MirrorCopyMode"}
     s.command("blockdev-mirror", {**mirror, "target": "str"})
     s.command("drive-mirror", {**mirror, "target": "str", "*format": "str",
                                "*mode": "NewImageMode"})
