@@ -465,10 +465,12 @@ async def _send_framed(chan: Channel, framed: Framed,
 
 async def recv_ram(chan: Channel, buf: Buffer, page_size: int, pages: int, limit: int,
                    too_many: str, first_record: Callable[[], Awaitable[None]] | None = None,
-                   crc: SectionCrc | None = None) -> list[tuple[int, int]]:
+                   crc: SectionCrc | None = None,
+                   zeroed: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """Read RAM records up to EOS into ``buf`` at their page offsets; the runs received.
     More than ``limit`` pages in all is a ProtocolError (``too_many``).  ``first_record``
-    is awaited after the first record (or at EOS when there is none)."""
+    is awaited after the first record (or at EOS when there is none).  With ``zeroed``,
+    runs of zero pages go there instead of into the result."""
     runs: list[tuple[int, int]] = []
     total = 0
     while True:
@@ -486,7 +488,7 @@ async def recv_ram(chan: Channel, buf: Buffer, page_size: int, pages: int, limit
         total += count
         if total > limit:
             raise wire.ProtocolError(too_many)
-        if len(runs) % 256 == 255:
+        if (len(runs) + len(zeroed or ())) % 256 == 255:
             await asyncio.sleep(0)  # a flood of small records must not starve the loop
         if flags == wire.REC_PAGE:
             data = buf.view[first * page_size:(first + count) * page_size]
@@ -501,9 +503,12 @@ async def recv_ram(chan: Channel, buf: Buffer, page_size: int, pages: int, limit
             await asyncio.to_thread(buf.zero_run, first, count, page_size)
         else:
             buf.zero_run(first, count, page_size)
-        runs.append((first, count))
-        if len(runs) == 1 and first_record is not None:
+        if zeroed is not None and flags != wire.REC_PAGE:
+            zeroed.append((first, count))
+        else:
+            runs.append((first, count))
+        if len(runs) + len(zeroed or ()) == 1 and first_record is not None:
             await first_record()
-    if not runs and first_record is not None:
+    if not runs and not zeroed and first_record is not None:
         await first_record()
     return runs

@@ -62,7 +62,9 @@ class Buffer:
     copied with the GIL released."""
 
     def __init__(self, size: int) -> None:
-        self.data = mmap.mmap(-1, max(size, 1))
+        # private: a page never written reads as the shared zero page and costs nothing,
+        # even when a save or a checkpoint reads all of RAM
+        self.data = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
         self.view = memoryview(self.data)
         self._c = (ctypes.c_char * size).from_buffer(self.data) if size else None
         self.address = ctypes.addressof(self._c) if self._c is not None else 0
@@ -75,8 +77,17 @@ class Buffer:
             ctypes.memmove(self.address + off, src.address + off, count * page_size)
 
     def zero_run(self, first: int, count: int, page_size: int = PAGE_SIZE) -> None:
-        """Zero-fill a run of pages."""
-        ctypes.memset(self.address + first * page_size, 0, count * page_size)
+        """Zero-fill a run of pages: their memory is released (MADV_DONTNEED on this private
+        anonymous mapping: they read back as zeros and cost nothing until written), else
+        they are written with zeros."""
+        start, length = first * page_size, count * page_size
+        if start % mmap.PAGESIZE == 0 and length % mmap.PAGESIZE == 0:
+            try:
+                self.data.madvise(mmap.MADV_DONTNEED, start, length)
+                return
+            except (OSError, AttributeError, ValueError):
+                pass
+        ctypes.memset(self.address + start, 0, length)
 
 
 class ChunkHashes:
@@ -98,12 +109,15 @@ class ChunkHashes:
         """Pages whose hash is out of date (only changed on the event loop thread)."""
         self.stale_runs: list[tuple[int, int]] = []
         """Runs of pages whose hash is out of date (bulk marks: O(1) per run on the loop)."""
+        self.zero_runs: list[tuple[int, int]] = []
+        """Runs of pages now all zeros: their hash is known without reading them."""
+        self.zero_page = zero_page
         self._lock = threading.Lock()
 
     @property
     def has_stale(self) -> bool:
         """Some hash is out of date."""
-        return bool(self.stale or self.stale_runs)
+        return bool(self.stale or self.stale_runs or self.zero_runs)
 
     def _chunk_hash(self, c: int) -> bytes:
         return hashlib.sha256(b"".join(self.pages[c * CHUNK_PAGES:(c + 1) * CHUNK_PAGES])).digest()
@@ -112,15 +126,20 @@ class ChunkHashes:
         """Pages of these runs changed (expanded into pages only by the hashing thread)."""
         self.stale_runs.extend(runs)
 
+    def mark_zero(self, runs: Iterable[tuple[int, int]]) -> None:
+        """Pages of these runs are all zeros now (an incoming zero record)."""
+        self.zero_runs.extend(runs)
+
     def refresh(self) -> Callable[[], None]:
         """Take the stale pages now (O(1) on the event loop) and return the work that hashes
         them, to run in a worker thread.  The buffer should not change meanwhile (the guest
         is stopped); if it does, the digest is of a moving state, but nothing breaks."""
-        pages, runs = self.stale, self.stale_runs
-        self.stale, self.stale_runs = set(), []
-        return lambda: self._rehash_pages(pages, runs)
+        pages, runs, zero = self.stale, self.stale_runs, self.zero_runs
+        self.stale, self.stale_runs, self.zero_runs = set(), [], []
+        return lambda: self._rehash_pages(pages, runs, zero)
 
-    def _rehash_pages(self, pages: set[int], runs: list[tuple[int, int]]) -> None:
+    def _rehash_pages(self, pages: set[int], runs: list[tuple[int, int]],
+                      zero: list[tuple[int, int]] | None = None) -> None:
         # no per-page containers: a few hundred thousand of them would set off full
         # garbage collections, which hold the GIL and so stall the event loop
         for first, count in runs:
@@ -128,9 +147,15 @@ class ChunkHashes:
         ps, view, sha = self.page_size, self.buf.view, hashlib.sha256
         with self._lock:
             hashes = self.pages
+            chunks: set[int] = set()
+            for first, count in zero or ():  # known: no need to read them
+                hashes[first:first + count] = [self.zero_page] * count
+                chunks.update(range(first >> self.shift, ((first + count - 1) >> self.shift)
+                                    + 1))
             for p in pages:
                 hashes[p] = sha(view[p * ps:(p + 1) * ps]).digest()
-            for c in {p >> self.shift for p in pages}:
+            chunks.update(p >> self.shift for p in pages)
+            for c in chunks:
                 self.chunks[c] = self._chunk_hash(c)
 
     def refresh_copy(self, limit: int = 1 << 30) -> Callable[[], None]:

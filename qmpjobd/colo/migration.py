@@ -609,8 +609,11 @@ class Migration:
                     f"guest RAM differs: incoming {pages * page_size} bytes in "
                     f"{page_size}-byte pages, here {len(guest.ram.data)}")
             # every page once, and again if dirtied meanwhile
+            zeroed: list[tuple[int, int]] = []
             runs = await recv_ram(chan, guest.ram, guest.page_size, pages, 2 * pages,
-                                  "the stream carries more pages than guest RAM")
+                                  "the stream carries more pages than guest RAM",
+                                  zeroed=zeroed)
+            guest.hashes.mark_zero(zeroed)  # before the data: a page may be in both
             guest.hashes.mark_runs(runs)
             wire.expect(wire.parse_message(await chan.recv_exact(4)), wire.VMSTATE_SIZE)
             size = wire.parse_u64(await chan.recv_exact(8))
