@@ -148,7 +148,8 @@ def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> 
     name = f"{NAME}-copy"
     image = IMAGES / f"{name}.raw"
     image.write_bytes(bytes(range(256)) * (16 << 12))  # 16 MiB, not all zeros
-    copies = [IMAGES / f"{name}-{n}.raw" for n in ("pivot", "finish", "abort", "written")]
+    copies = [IMAGES / f"{name}-{n}.raw" for n in ("pivot", "finish", "abort", "written",
+                                                     "synchronous")]
     for copy in copies:
         copy.unlink(missing_ok=True)
     xml = tmp_path / "domain.xml"
@@ -188,6 +189,18 @@ def test_blockcopy_pivots_finishes_and_aborts(libvirt: Path, tmp_path: Path) -> 
         virsh("blockjob", name, "vda", "--pivot")
         assert f"vda      {copies[3]}" in virsh("domblklist", name).stdout
         assert copies[3].read_bytes() == copies[0].read_bytes() != image.read_bytes()
+
+        # --synchronous-writes: libvirt asks for copy-mode write-blocking
+        _workload(name, 4 << 20)
+        ready = virsh("blockcopy", name, "vda", str(copies[4]), "--wait", "--transient-job",
+                      "--synchronous-writes")
+        assert "Now in mirroring phase" in ready.stdout
+        written = _workload_writes(name)
+        wait(lambda: _workload_writes(name) > written + 50, "writes while mirroring")
+        _workload(name, 0)
+        virsh("blockjob", name, "vda", "--pivot")
+        assert f"vda      {copies[4]}" in virsh("domblklist", name).stdout
+        assert copies[4].read_bytes() == copies[3].read_bytes()
     finally:
         virsh("destroy", name, check=False)
         virsh("undefine", name, check=False)
