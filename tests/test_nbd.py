@@ -523,3 +523,24 @@ def test_single_connection_server_matches_qemu(tmp_path: Path) -> None:
             got[side.name].append(c.eof())
             c.close()
         assert got["ours"] == got["qemu"]
+
+
+@needs_qemu
+def test_contexts_set_for_another_export_are_dropped_as_qemu(tmp_path: Path) -> None:
+    """Meta contexts set for one export do not carry over to another chosen with GO (QEMU's
+    nbd_check_meta_export): block status there is refused, the connection goes on."""
+    with pair(tmp_path) as (qemu, ours):
+        _prepare(qemu, ours)
+        _both(qemu, ours, "block-export-add", _export(bitmaps=["b0"]))
+        _both(qemu, ours, "block-export-add", {"type": "nbd", "id": "e2", "node-name": "f0"})
+        got = {}
+        for side in (qemu, ours):
+            c = NbdClient(str(tmp_path / f"{side.name}-nbd.sock"))
+            c.option("structured-reply")
+            seen = [c.meta("set-meta", "exp1", "qemu:dirty-bitmap:b0", "base:allocation"),
+                    c.go("f0")[-1],
+                    c.request("block-status", 0, 65536, structured=True),
+                    c.request("read", 0, 4, flags=4, structured=True)]
+            c.close()
+            got[side.name] = seen
+        assert got["ours"] == got["qemu"]

@@ -85,13 +85,19 @@ class DirtyBitmap:
         bits[lo_byte + 1:hi_byte] = b"\xff" * (hi_byte - lo_byte - 1)
         bits[hi_byte] |= (1 << (last % 8 + 1)) - 1
 
-    def dirty_ranges(self) -> list[tuple[int, int]]:
-        """The dirty byte ranges, as (offset, length), merged where granules touch."""
-        with self._lock:
-            value = int.from_bytes(self._bits, "little")
-        out: list[tuple[int, int]] = []
+    def dirty_ranges(self, offset: int = 0, length: int | None = None
+                     ) -> list[tuple[int, int]]:
+        """The dirty byte ranges, as (offset, length), merged where granules touch; with
+        ``offset``/``length``, only those of the granules that range touches (whole)."""
         g = self.granularity
-        i = 0
+        first = offset // g
+        last = self._granules if length is None else -(-(offset + length) // g)
+        lo, hi = first // 8, -(-last // 8)  # whole bytes around the granules asked for
+        with self._lock:
+            value = int.from_bytes(self._bits[lo:hi], "little")
+        value &= ((1 << (last - lo * 8)) - 1) & ~((1 << (first - lo * 8)) - 1)
+        out: list[tuple[int, int]] = []
+        i = lo * 8
         while value:
             skip = (value & -value).bit_length() - 1
             value >>= skip

@@ -100,6 +100,8 @@ class Client:
         self.export: Export | None = None
         self.structured = False
         self.contexts: list[tuple[int, str]] = []
+        self.contexts_for = ""
+        """The export the meta contexts were set for."""
         self.no_zeroes = False
         self.slots = asyncio.Semaphore(MAX_REQUESTS)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -218,6 +220,7 @@ class Client:
         chosen.sort()
         if not listing:
             self.contexts = chosen
+            self.contexts_for = name
         return b"".join(w.meta_context_reply(opt, 0 if listing else cid, cname)
                         for cid, cname in chosen) + w.option_reply(opt, w.REP_ACK)
 
@@ -225,6 +228,8 @@ class Client:
         return exp.flags(self.structured, self.server.max_connections != 1)
 
     def _attach(self, exp: Export) -> None:
+        if self.contexts and self.contexts_for != exp.name:
+            self.contexts = []  # negotiated for another export (nbd_check_meta_export)
         self.export = exp
         exp.clients.add(self)
 
@@ -264,9 +269,12 @@ class Client:
                 await self._simple_cmd(exp, req, payload)
             await self.writer.drain()
         except (ConnectionError, Closed):
-            self.writer.close()
+            self.writer.transport.abort()
         except _Refused as e:
             self._error(req.handle, e.errno, e.text)
+        except Exception:  # a bug or a broken image: the request still gets its answer
+            log.exception("NBD request %d on export %s failed", req.type, exp.name)
+            self._error(req.handle, w.EIO, "Input/output error")
 
     def _error(self, handle: int, error: int, text: str) -> None:
         if self.structured:
@@ -347,7 +355,8 @@ class Client:
                 extents = [(req.length, 1)]
             else:
                 bitmap = exp.bitmaps[cid - w.META_ID_DIRTY_BITMAP]
-                extents = _bitmap_extents(bitmap, req.offset, req.length)
+                extents = await _io(exp.node, _bitmap_extents, bitmap, req.offset,
+                                    req.length)
             if one:
                 extents = extents[:1]
             chunks.append((cid, extents))
@@ -358,9 +367,10 @@ class Client:
     # -- the end -------------------------------------------------------------------------------
 
     def shut(self) -> None:
-        """Disconnect now (a hard export removal, the server's stop)."""
+        """Disconnect now, unsent replies dropped (a hard export removal, the server's stop):
+        a client that does not read cannot hold the connection open."""
         self.closing = True
-        self.writer.close()
+        self.writer.transport.abort()
 
     async def _close(self) -> None:
         self.closing = True
@@ -431,20 +441,17 @@ def _merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _bitmap_extents(bitmap: DirtyBitmap, offset: int, length: int) -> list[tuple[int, int]]:
-    """The dirty and clean runs of ``[offset, offset + length)``."""
+    """The dirty and clean runs of ``[offset, offset + length)`` (in a worker thread: it
+    reads only the granules of the range)."""
     end = offset + length
     runs: list[tuple[int, int]] = []
     pos = offset
-    for start, size in bitmap.dirty_ranges():
-        stop = start + size
-        if stop <= pos:
+    for start, size in bitmap.dirty_ranges(offset, length):
+        start, stop = max(start, pos), min(start + size, end)
+        if stop <= start:
             continue
-        if start >= end:
-            break
-        start = max(start, pos)
         if start > pos:
             runs.append((start - pos, 0))
-        stop = min(stop, end)
         runs.append((stop - start, w.STATE_DIRTY))
         pos = stop
     if pos < end:
@@ -537,6 +544,8 @@ class NbdServer:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     await asyncio.sleep(0.1)  # out of descriptors: retry, serve the rest
                     continue
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that client is gone already
                 raise
             reader, writer = await asyncio.open_connection(sock=conn, limit=1 << 20)
             client = Client(self, reader, writer)
@@ -653,10 +662,8 @@ class NbdServer:
         if not exp.clients:
             self._finish(exp)
             return
-        for client in list(exp.clients):
+        for client in list(exp.clients):  # deleted once their requests have ended
             client.shut()
-        exp.clients.clear()
-        asyncio.get_running_loop().call_soon(self._finish, exp)
 
     def _finish(self, exp: Export) -> None:
         if exp not in self._ending:
