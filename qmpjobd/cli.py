@@ -348,6 +348,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qmpjobd`` script (``qmpjobd watch ...`` runs the live view)."""
     argv = sys.argv[1:] if argv is None else argv
+    from .colo.migration import remember_inherited_fds
+    remember_inherited_fds()
     if argv and argv[0] == "watch":
         from . import watch
         return watch.main(argv[1:])

@@ -130,3 +130,37 @@ def test_save_to_a_descriptor_and_restore_from_one(tmp_path: Path, medium: str) 
     assert d.cmd("query-status")["return"]["status"] == "running"
     assert _digest(d) == saved
     d.close()
+
+
+def test_fd_numbers_are_only_those_inherited(tmp_path: Path) -> None:
+    """fd:N names only a descriptor the process was started with, once: never one of the
+    daemon's own (its listener, an image), which a migration would write over and close.
+    A migrate cancelled in the same breath closes its descriptor and ends cancelled."""
+    d = start_qmpjobd(str(tmp_path), "--fd-passing", "--incoming", "defer")
+    c = Client(d.path)
+    c.negotiate()
+    for fd in (0, 1, 2, 3, 4, 5, 6, 7, 8, 99):
+        reply = c.cmd("migrate-incoming", {"uri": f"fd:{fd}"})
+        assert reply["error"]["desc"] == "fd: Bad file descriptor", (fd, reply)
+    assert c.cmd("query-status")["return"]["status"] == "inmigrate"
+    c.close()
+    src = start_qmpjobd(str(tmp_path), "--fd-passing", name="src.sock")
+    c = Client(src.path)
+    c.negotiate()
+    c.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "events",
+                                                         "state": True}]})
+    before = len(os.listdir(f"/proc/{src.pid}/fd"))
+    rfd, wfd = os.pipe()
+    assert _send_with_fds(c, {"execute": "getfd", "arguments": {"fdname": "m"}},
+                          [wfd]) == {"return": {}}
+    os.close(wfd)
+    c.send(b'{"execute":"migrate","arguments":{"uri":"fd:m"}}\n'
+           b'{"execute":"migrate_cancel"}\n')
+    assert c.recv_reply() == {"return": {}}
+    assert c.recv_reply() == {"return": {}}
+    _until(c, "MIGRATION", {"status": "cancelled"})
+    assert os.read(rfd, 1) == b""  # the daemon's end of the pipe is closed
+    os.close(rfd)
+    assert len(os.listdir(f"/proc/{src.pid}/fd")) == before
+    assert c.cmd("query-migrate")["return"]["status"] == "cancelled"
+    c.close()

@@ -40,15 +40,42 @@ _RUNNING_STATUSES = frozenset(("setup", "active", "cancelling", "pre-switchover"
 IN_PROGRESS = "There's a migration process in progress"
 
 
+INHERITED_FDS: set[int] = set()
+"""Descriptors the process was started with (beyond stdio) and nobody has claimed: the only
+numbers ``fd:N`` may name, each once, so that a client cannot make a migration write to (and
+close) a descriptor of the daemon's own, such as a disk image or a listener."""
+
+
+def remember_inherited_fds(claimed: set[int] | None = None) -> None:
+    """Note the descriptors open at start-up (first thing in main), or remove ``claimed``
+    ones (a monitor's listening socket) from them."""
+    if claimed is not None:
+        INHERITED_FDS.difference_update(claimed)
+        return
+    try:
+        found = {int(n) for n in os.listdir("/proc/self/fd")}
+    except OSError:
+        return
+    INHERITED_FDS.update(fd for fd in found if fd > 2)
+    INHERITED_FDS.difference_update(fd for fd in list(INHERITED_FDS) if not _is_open(fd))
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _monitor_fd(name: str, fds: PassedFds | None) -> int:
-    """monitor_fd_param(): a number is a descriptor of this process, a name one the client
-    passed with getfd (taken from it)."""
+    """monitor_fd_param(): a number is a descriptor this process inherited, a name one the
+    client passed with getfd (taken from it)."""
     if name.isdigit():
         fd = int(name)
-        try:
-            os.fstat(fd)
-        except OSError:
-            raise QMPError(f"fd: {os.strerror(errno.EBADF)}") from None
+        if fd not in INHERITED_FDS or not _is_open(fd):
+            raise QMPError(f"fd: {os.strerror(errno.EBADF)}")
+        INHERITED_FDS.discard(fd)
         return fd
     fd_or_none = fds.take(name) if fds is not None else None
     if fd_or_none is None:
@@ -343,6 +370,19 @@ class Migration:
             self._outgoing(target, self.caps["x-colo"]))
         self._tasks.add(self._connecting)
         self._connecting.add_done_callback(self._tasks.discard)
+        self._connecting.add_done_callback(lambda task: self._never_started(task, target))
+
+    def _never_started(self, task: asyncio.Task[None], target: Address | int) -> None:
+        """A migration cancelled before its task ran (migrate_cancel pipelined right after
+        migrate): close the descriptor it was given and end as cancelled."""
+        if not task.cancelled() or self._chan is not None:
+            return
+        if isinstance(target, int):
+            with contextlib.suppress(OSError):
+                os.close(target)
+        self.machine.yankables.pop("migration", None)
+        if self.out_status in ("setup", "cancelling"):
+            self._set_out("cancelled" if self.out_status == "cancelling" else "failed")
 
     def migrate_incoming(self, uri: str, fds: PassedFds | None = None) -> Any:
         """migrate-incoming: only with ``--incoming defer``, and only once.  ``fd:N`` reads

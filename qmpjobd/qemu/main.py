@@ -24,6 +24,7 @@ import orjson
 
 from .. import __version__
 from ..colo.guest import Guest
+from ..colo.migration import remember_inherited_fds
 from ..errors import QmpjobdError
 from ..hardware import Chardev as HwChardev
 from ..hardware import Device
@@ -174,6 +175,7 @@ async def serve(cfg: QemuConfig, ready: int | None, pidfile: PidFile | None) -> 
     try:
         vm.start()
         passed = {dev.id: _fd_socket(dev) for dev in cfg.chardevs.values() if dev.fd is not None}
+        remember_inherited_fds({dev.fd for dev in cfg.chardevs.values() if dev.fd is not None})
         monitors = {dev.id for dev in cfg.monitors}
         used = monitors | {str(d["chardev"]) for d in cfg.devices if "chardev" in d}
         for dev in cfg.chardevs.values():
@@ -270,6 +272,7 @@ def _reap(daemon: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``qmpjobd-system-x86_64``."""
     argv = sys.argv if argv is None else argv
+    remember_inherited_fds()
     prog = os.path.basename(argv[0]) if argv else "qmpjobd-system-x86_64"
     try:
         cfg = cmdline.parse(argv[1:])
