@@ -6,6 +6,7 @@ qemu-img (check, compare, convert)."""
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,3 +114,66 @@ def test_random_writes_read_back_and_pass_qemu_img(tmp_path: Path) -> None:
     out = tmp_path / "out.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(out)], check=True)
     assert out.read_bytes() == want
+
+
+def test_hostile_images_are_refused_and_odd_entries_read_right(tmp_path: Path) -> None:
+    """Headers with impossible fields are refused before anything is read by them; a
+    'zero, allocated' cluster (QEMU's L2 zero flag with an offset) reads as zeros and takes
+    a write; a compressed cluster is an I/O error; a layout that does not fit is refused."""
+    import struct
+
+    from qmpjobd.block.nodes import FileNode
+    from qmpjobd.block.qcow2 import HEADER, Qcow2Error, Qcow2Node, create_image
+    good = create_image(SIZE, 65536, None, None)
+
+    def header_with(**fields: int) -> bytes:
+        names = ["magic", "version", "backing_offset", "backing_size", "bits", "size",
+                 "crypt", "l1_size", "l1_offset", "rt_offset", "rt_clusters", "snapshots",
+                 "snapshots_offset"]
+        values = dict(zip(names, HEADER.unpack_from(good), strict=True))
+        values.update(fields)
+        return HEADER.pack(*values.values()) + good[HEADER.size:]
+
+    for fields, text in (({"bits": 40}, "Unsupported cluster size: 2^40"),
+                         ({"bits": 0}, "Unsupported cluster size: 2^0"),
+                         ({"l1_size": 0x08000000}, "Active L1 table too large"),
+                         ({"l1_size": 0}, "L1 table is too small"),
+                         ({"rt_clusters": 1 << 20}, "Reference count table too large"),
+                         ({"backing_size": 5000, "backing_offset": 600},
+                          "Backing file name too long")):
+        image = tmp_path / "bad.qcow2"
+        image.write_bytes(header_with(**fields))
+        with pytest.raises(Qcow2Error, match=re.escape(text)):
+            Qcow2Node("q", FileNode("f", str(image)), None)
+    with pytest.raises(Qcow2Error):  # the header and the name need more than a cluster
+        create_image(1 << 30, 512, "x" * 200, "raw")
+    with pytest.raises(Qcow2Error):  # one refcount block cannot count the L1 table
+        create_image(1 << 40, 512, None, None)
+    small = tmp_path / "small.qcow2"  # small clusters that do fit: a sound image
+    (tmp_path / ("x" * 200)).write_bytes(b"")
+    small.write_bytes(create_image(1 << 30, 1024, "x" * 200, "raw"))
+    if shutil.which("qemu-img") is not None:
+        check = subprocess.run(["qemu-img", "check", "-U", str(small)], capture_output=True,
+                               text=True, cwd=tmp_path)
+        assert "No errors were found" in check.stdout, check.stdout + check.stderr
+    with pytest.raises(Qcow2Error, match="Backing file name too long"):
+        create_image(SIZE, 65536, "x" * 1024, "raw")
+    # a zero-flagged allocated cluster, and a compressed one, written by hand
+    image = tmp_path / "z.qcow2"
+    image.write_bytes(good)
+    node = Qcow2Node("q", FileNode("f", str(image)), None)
+    node.pwrite(0, b"\x55" * 65536)
+    node.pwrite(65536, b"\x66" * 65536)
+    l2 = node.l1[0] & 0x00FFFFFFFFFFFE00
+    entry0, entry1 = node._table(l2)[0], node._table(l2)[1]
+    node.file.close()
+    with open(image, "r+b") as f:
+        f.seek(l2)
+        f.write(struct.pack(">QQ", entry0 | 1, entry1 | (1 << 62)))
+    node = Qcow2Node("q", FileNode("f", str(image)), None)
+    assert node.pread(0, 65536) == bytes(65536)
+    node.pwrite(100, b"\x77" * 10)
+    assert node.pread(0, 200) == bytes(100) + b"\x77" * 10 + bytes(90)
+    with pytest.raises(OSError, match="compressed"):
+        node.pread(65536, 10)
+    node.file.close()

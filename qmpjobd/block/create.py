@@ -149,20 +149,29 @@ class Qcow2CreateJob(Job):
         self.total_progress = 1
 
     async def run(self) -> None:
-        o = self.options
+        node = self.node
+        assert node is not None
+        files = node.files()
+        for f in files:  # a blockdev-del meanwhile closes them only once this is done
+            f.hold()
+        node.users.add(self.id)
         try:
-            image = qcow2.create_image(o["size"], o.get("cluster-size", 65536),
-                                       o.get("backing-file"), o.get("backing-fmt"))
-            await asyncio.to_thread(self._write, image)
+            await asyncio.to_thread(self._write, node)
+        except qcow2.Qcow2Error as e:
+            raise JobError(str(e)) from None
         except OSError as e:
             raise JobError(f"Could not write qcow2 header: {_strerror(e, errno.EIO)}") \
                 from None
         finally:
+            node.users.discard(self.id)
+            for f in files:
+                f.release()
             self.set_progress(1)
 
-    def _write(self, image: bytes) -> None:
-        node = self.node
-        assert node is not None
+    def _write(self, node: BlockNode) -> None:
+        o = self.options
+        image = qcow2.create_image(o["size"], o.get("cluster-size", 65536),
+                                   o.get("backing-file"), o.get("backing-fmt"))
         file = node.plain_file()
         if file is not None:
             _truncate(file.fd, 0)
@@ -178,6 +187,9 @@ def _qcow2_checks(graph: BlockGraph, options: dict[str, Any]) -> BlockNode:
         raise QMPError("qmpjobd creates qcow2 images on an existing node only (give 'file' "
                        "as a node name)")
     node = graph.lookup(ref)
+    if node.parents or node.exports or node.devices or node.users:
+        raise QMPError(f"Node '{ref}' is in use: qmpjobd creates an image only on a node "
+                       "nothing else uses")
     size, cluster = options["size"], options.get("cluster-size", 65536)
     if options.get("version", "v3") != "v3":
         raise QMPError("qmpjobd creates qcow2 version 3 images only")

@@ -10,6 +10,7 @@ are appended at the end of the file.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -28,7 +29,11 @@ HEADER_LENGTH = 112
 """The header length QEMU 7.2 writes (with the compression type byte and padding)."""
 EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_END = 0xE2792ACA, 0x6803F857, 0
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
-COPIED, ZERO = 1 << 63, 1
+COPIED, COMPRESSED, ZERO = 1 << 63, 1 << 62, 1
+MAX_L1 = 32 << 20
+"""Largest L1 table (QEMU's QCOW_MAX_L1_SIZE)."""
+MAX_REFTABLE = 8 << 20
+"""Largest refcount table (QEMU's QCOW_MAX_REFTABLE_SIZE)."""
 REFCOUNT_ORDER = 4
 
 
@@ -57,6 +62,28 @@ class Qcow2Error(QmpjobdError):
     """An image this driver cannot open; the text is QEMU's where QEMU has one."""
 
 
+def _check_header(bits: int, size: int, l1_size: int, l1_offset: int, rt_offset: int,
+                  rt_clusters: int, header_length: int, backing_offset: int,
+                  backing_size: int) -> None:
+    """qcow2_do_open()'s checks of the header fields, before anything is read by them."""
+    if not 9 <= bits <= 21:
+        raise Qcow2Error(f"Unsupported cluster size: 2^{bits}")
+    cluster = 1 << bits
+    if header_length < 104 or header_length > cluster:
+        raise Qcow2Error("qcow2 header exceeds cluster size")
+    if rt_clusters * cluster > MAX_REFTABLE or rt_offset % cluster or not rt_offset:
+        raise Qcow2Error("Reference count table too large" if rt_clusters * cluster
+                         > MAX_REFTABLE else "Invalid reference count table offset")
+    if l1_size * 8 > MAX_L1:
+        raise Qcow2Error("Active L1 table too large")
+    if l1_size < _l1_entries(size, bits):
+        raise Qcow2Error("L1 table is too small")
+    if l1_size and (l1_offset % cluster or not l1_offset):
+        raise Qcow2Error("Invalid L1 table offset")
+    if backing_size > 1023 or (backing_size and backing_offset + backing_size > cluster):
+        raise Qcow2Error("Backing file name too long")
+
+
 def _l1_entries(size: int, cluster_bits: int) -> int:
     per_l2 = 1 << (cluster_bits - 3)
     return -(-size // ((1 << cluster_bits) * per_l2)) if size else 0
@@ -67,7 +94,16 @@ def create_image(size: int, cluster_size: int, backing_file: str | None,
     """The bytes of a new, empty image: header, refcount table and block, L1 table."""
     bits = cluster_size.bit_length() - 1
     l1_size = _l1_entries(size, bits)
+    if l1_size * 8 > MAX_L1:
+        raise Qcow2Error("Could not resize image: Image size is too large for this "
+                         "cluster size")
+    if backing_file is not None and len(backing_file.encode()) > 1023:
+        raise Qcow2Error("Backing file name too long")
     l1_clusters = max(1, -(-l1_size * 8 // cluster_size))
+    if 3 + l1_clusters > cluster_size // 2:
+        raise Qcow2Error(f"qmpjobd's qcow2 layout needs fewer metadata clusters than one "
+                         f"refcount block counts: use a larger cluster size than "
+                         f"{cluster_size}")
     exts = b""
     if backing_fmt is not None:
         raw = backing_fmt.encode()
@@ -82,6 +118,9 @@ def create_image(size: int, cluster_size: int, backing_file: str | None,
                          3 * cluster_size, cluster_size, 1, 0, 0)
     header += V3.pack(0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH) + bytes(8)
     header += exts + backing
+    if len(header) > cluster_size:
+        raise Qcow2Error(f"The qcow2 header and backing file name do not fit in a cluster "
+                         f"of {cluster_size} bytes")
     used = 3 + l1_clusters
     image = bytearray(3 * cluster_size + max(8, l1_size * 8))
     image[:len(header)] = header
@@ -113,6 +152,8 @@ class Qcow2Node(BlockNode):
         if crypt or snapshots or incompatible or order != REFCOUNT_ORDER:
             raise Qcow2Error("qmpjobd's qcow2 driver does not support this image's features "
                              "(encryption, snapshots, external data, refcount width)")
+        _check_header(bits, size, l1_size, l1_offset, rt_offset, rt_clusters, header_length,
+                      backing_offset, backing_size)
         self.size: int = size
         self.cluster_bits: int = bits
         self.cluster: int = 1 << bits
@@ -135,12 +176,12 @@ class Qcow2Node(BlockNode):
             os.ftruncate(plain.fd, length + (-length % 512))  # as QEMU leaves it once opened
         self._end: int = -(-length // self.cluster) * self.cluster
 
-    @staticmethod
-    def _backing_format(file: BlockNode, pos: int) -> str:
-        """The backing format header extension's value, or '' (extensions from ``pos``)."""
-        while pos + 8 <= 65536:
+    def _backing_format(self, file: BlockNode, pos: int) -> str:
+        """The backing format header extension's value, or '' (extensions from ``pos``,
+        all inside the first cluster)."""
+        while pos + 8 <= self.cluster:
             kind, length = struct.unpack(">II", file.pread(pos, 8))
-            if kind == EXT_END:
+            if kind == EXT_END or pos + 8 + length > self.cluster:
                 return ""
             if kind == EXT_BACKING_FORMAT:
                 return file.pread(pos + 8, length).decode(errors="replace")
@@ -166,14 +207,22 @@ class Qcow2Node(BlockNode):
         return table
 
     def _entry(self, cluster: int) -> int:
-        """The L2 entry of guest cluster ``cluster`` (0: never written)."""
+        """The L2 entry of guest cluster ``cluster`` (0: never written); a compressed
+        cluster is an I/O error (this driver cannot read them)."""
         l1 = self.l1[cluster // self.l2_entries] & OFFSET_MASK
         if not l1:
             return 0
-        return self._table(l1)[cluster % self.l2_entries]
+        entry = self._table(l1)[cluster % self.l2_entries]
+        if entry & COMPRESSED:
+            raise OSError(errno.ENOTSUP, "qmpjobd's qcow2 driver cannot read compressed "
+                          "clusters")
+        return entry
 
     def _allocate(self) -> int:
         """A new host cluster at the end of the file, its refcount set to 1."""
+        # room for it and for a new refcount block, or the refcount table is full
+        if (self._end // self.cluster + 1) // (self.cluster // 2) >= len(self.refcount_table):
+            raise OSError(errno.EFBIG, "qcow2 image full (its refcount table does not grow)")
         offset = self._end
         self._end += self.cluster
         self._set_refcount(offset // self.cluster)
@@ -196,14 +245,14 @@ class Qcow2Node(BlockNode):
         """The host offset of guest cluster ``cluster``, allocated (with its old contents
         copied from the backing node) if it was never written."""
         entry = self._entry(cluster)
-        if entry & OFFSET_MASK:
+        if entry & OFFSET_MASK and not entry & ZERO:
             return entry & OFFSET_MASK
         start = cluster * self.cluster
         if entry & ZERO or self.backing is None:
             old = bytes(self.cluster)
         else:
             old = self._from_backing(start, self.cluster)
-        host = self._allocate()
+        host = entry & OFFSET_MASK or self._allocate()  # a zeroed cluster keeps its place
         self.file.pwrite(host, old)
         l1_index = cluster // self.l2_entries
         l2 = self.l1[l1_index] & OFFSET_MASK
@@ -242,7 +291,7 @@ class Qcow2Node(BlockNode):
         parts = []
         for start, n, entry in runs:
             host = entry & OFFSET_MASK
-            if host:
+            if host and not entry & ZERO:
                 parts.append(self.file.pread(host + start % self.cluster, n))
             elif entry & ZERO or self.backing is None:
                 parts.append(bytes(n))
@@ -276,7 +325,7 @@ class Qcow2Node(BlockNode):
             runs = self._runs(offset, length)
         out: list[tuple[int, bool]] = []
         for start, n, entry in runs:
-            if entry & OFFSET_MASK:
+            if entry & OFFSET_MASK and not entry & ZERO:
                 out.append((n, True))
             elif entry & ZERO or self.backing is None:
                 out.append((n, False))

@@ -177,7 +177,13 @@ class ChunkHashes:
             take.add(p)
         self.stale -= take
         copies = [(p, bytes(view[p * ps:(p + 1) * ps])) for p in take]
-        return lambda: self._rehash(copies)
+        zero, self.zero_runs = self.zero_runs, []
+
+        def work() -> None:
+            if zero:
+                self._rehash_pages(set(), [], zero)
+            self._rehash(copies)
+        return work
 
     def _rehash(self, items: Sequence[tuple[int, bytes | memoryview]]) -> None:
         sha = hashlib.sha256
