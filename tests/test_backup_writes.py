@@ -300,3 +300,47 @@ def test_a_write_blocking_mirror_writes_through_as_qemu(tmp_path: Path) -> None:
         assert replies["ours"] == replies["qemu"]
         for side in (qemu, ours):
             assert _image(side, "t") == _image(side, "s") == _image(qemu, "s")
+
+
+def test_a_fleecing_export_holds_still_while_the_guest_writes(tmp_path: Path) -> None:
+    """libvirt's pull-mode backup without libvirt: a qcow2 scratch image over the disk, a
+    sync=none backup into it and an NBD export of it.  While the guest writes fast, every
+    read of the export gives the disk as it was when the backup began: a cluster the guest
+    overwrites between a read's look at the scratch image and its read of the disk is read
+    from the scratch image (its copy-before-write landed there first)."""
+    from nbdclient import connect_go
+    (tmp_path / "ours-s.raw").write_bytes(SOURCE)
+    (tmp_path / "ours-t.raw").write_bytes(b"")
+    side = Side("ours", tmp_path, _argv(tmp_path, "ours"))
+    try:
+        assert side.run("blockdev-del", {"node-name": "tf"}) == [{"return": {}}]
+        got = side.run("blockdev-create", {"job-id": "c", "options": {
+            "driver": "qcow2", "file": "t", "size": len(SOURCE),
+            "backing-file": str(tmp_path / "ours-s.raw"), "backing-fmt": "raw"}})
+        side.until_event("JOB_STATUS_CHANGE", got,
+                         lambda m: m["data"] == {"status": "concluded", "id": "c"})
+        sock = str(tmp_path / "nbd.sock")
+        for name, args in (
+                ("job-dismiss", {"id": "c"}),
+                ("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": "t",
+                                  "backing": "f"}),
+                ("blockdev-backup", {"job-id": "b", "device": "f", "target": "q",
+                                     "sync": "none"}),
+                ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": sock}}}),
+                ("block-export-add", {"type": "nbd", "id": "e", "node-name": "q",
+                                      "name": "scratch"})):
+            assert side.run(name, args)[-1] == {"return": {}}, name
+        _workload(side, rate=256 * MiB, pattern="random", **{"block-size": 4096})
+        c = connect_go(sock, "scratch", structured=False)
+        passes = 0
+        while _writes(side) < 20000:  # whole passes while the writer writes
+            assert passes < 1000, "the writer stalled"
+            passes += 1
+            for offset in range(0, len(SOURCE), 256 << 10):
+                got = c.request("read", offset, 256 << 10)[0]
+                assert got["error"] == 0
+                assert got["data"] == SOURCE[offset:offset + (256 << 10)], offset
+        _workload(side, rate=0)
+        c.close()
+    finally:
+        side.stop()

@@ -313,17 +313,14 @@ class BackupJob(Job):
         if not self.cbw:
             self._copy_range(offset, n)
             return
-        # cluster by cluster: a guest write to a cluster the job holds waits for that
-        # cluster's copy only, not for the whole chunk
-        for at in range(offset, offset + n, CLUSTER):
-            runs = self.copy_map.claim(at, min(CLUSTER, offset + n - at))
-            try:
-                for start, length in runs:
-                    self._copy_range(start, length)
-            except BaseException:
-                self.copy_map.finish(runs, False)
-                raise
-            self.copy_map.finish(runs, True)
+        runs = self.copy_map.claim(offset, n)
+        try:
+            for start, length in runs:
+                self._copy_range(start, length)
+        except BaseException:
+            self.copy_map.finish(runs, False)
+            raise
+        self.copy_map.finish(runs, True)
 
     def _copy_range(self, offset: int, n: int) -> None:
         if self._fast:

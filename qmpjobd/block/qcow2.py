@@ -296,7 +296,15 @@ class Qcow2Node(BlockNode):
             elif entry & ZERO or self.backing is None:
                 parts.append(bytes(n))
             else:
-                parts.append(self._from_backing(start, n))
+                data = self._from_backing(start, n)
+                # A cluster the backing node's writer copied here meanwhile (a backup's
+                # copy-before-write, which allocates the cluster before the write that
+                # changes the backing node) holds what the backing had: read it from here.
+                with self._meta:
+                    now = self._entry(start // self.cluster)
+                if now & OFFSET_MASK and not now & ZERO:
+                    data = self.file.pread((now & OFFSET_MASK) + start % self.cluster, n)
+                parts.append(data)
         return b"".join(parts)
 
     def _pwrite(self, offset: int, data: bytes, event: bool) -> None:
