@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..address import Address
@@ -520,17 +520,7 @@ class Migration:
             blob = guest.device_state(0)
             await chan.send([*framed.blocks, wire.vmstate_size(len(blob)), blob])
             guest.checkpoint = 0
-
-            async def settle() -> None:
-                await hashing
-                guest.record_digest(0, guest.hashes.root(blob))
-                guest.committed_digest = guest.history[0]
-
-            if not colo and guest.workload.rate == 0:
-                # a save: nothing changes RAM now, the digest can follow the completion
-                guest.settling = asyncio.ensure_future(settle())
-            else:
-                await settle()
+            await self._settle_digest(hashing, blob, colo)
             if not colo:
                 self._set_out("completed")
                 self.machine.yankables.pop("migration", None)
@@ -562,6 +552,22 @@ class Migration:
             return
         self._start_job(rep)
         self.set_runstate("running")
+
+    async def _settle_digest(self, hashing: Awaitable[None], blob: bytes, colo: bool) -> None:
+        """Checkpoint 0's digest once ``hashing`` is done.  A save or a restore with nothing
+        writing guest RAM does not wait for it: it follows the completion, and
+        x-query-guest-state waits for it (guest.settling)."""
+        guest = self.guest
+
+        async def settle() -> None:
+            await hashing
+            guest.record_digest(0, guest.hashes.root(blob))
+            guest.committed_digest = guest.history[0]
+
+        if not colo and guest.workload.rate == 0:
+            guest.settling = asyncio.ensure_future(settle())
+        else:
+            await settle()
 
     def _start_job(self, rep: Replication) -> None:
         old = self.jobs.find(COLO_JOB_ID)
@@ -675,18 +681,7 @@ class Migration:
             guest.side = side ^ 0x80
             guest.checkpoint = guest.load_device_state(state)
             guest.dirty = set()
-
-            async def settle() -> None:
-                await asyncio.to_thread(guest.hashes.refresh())
-                guest.record_digest(0, guest.hashes.root(blob))
-                guest.committed_digest = guest.history[0]
-
-            if not colo and guest.workload.rate == 0:
-                # nothing changes RAM on its own: the digest of what was loaded can follow
-                # the completion (queries wait for it), a restore need not wait for hashing
-                guest.settling = asyncio.ensure_future(settle())
-            else:
-                await settle()
+            await self._settle_digest(asyncio.to_thread(guest.hashes.refresh()), blob, colo)
             if not colo:
                 self.set_runstate("running" if self.machine.autostart else "paused")
                 self._set_in("completed")
