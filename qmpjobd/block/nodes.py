@@ -88,17 +88,24 @@ class BlockNode:
         """Write ``data`` at ``offset`` (in a worker thread); ``event`` as for pread.  The
         node's bitmaps are marked whether or not the write succeeds, as QEMU's
         bdrv_co_write_req_finish() marks them."""
+        self._change(offset, len(data), data, lambda: self._pwrite(offset, data, event))
+
+    def _change(self, offset: int, length: int, data: bytes | None,
+                apply: Callable[[], None]) -> None:
+        """Every change to the node's data (write, zeroes, discard) goes through here: held
+        while the node is frozen, copy-before-write hooks first, then ``apply``, the bitmaps
+        marked even if it fails, then the after-write hooks (``data`` None: not a write)."""
         self._enter_write()
         try:
             for hook in list(self.before_write):
-                hook(offset, len(data))
+                hook(offset, length)
             try:
-                self._pwrite(offset, data, event)
+                apply()
             finally:
                 if self.bitmaps or self.trackers:
-                    self.mark_dirty(offset, len(data))
+                    self.mark_dirty(offset, length)
             for after in list(self.after_write):
-                after(offset, len(data), data)
+                after(offset, length, data)
         finally:
             self._leave_write()
 
@@ -141,38 +148,14 @@ class BlockNode:
     def discard(self, offset: int, length: int) -> None:
         """Discard a range (in a worker thread), if this node unmaps (QEMU checks each
         layer); it changes the data, so the copy-before-write hooks run and bitmaps mark."""
-        if not self.unmap or not length:
-            return
-        self._enter_write()
-        try:
-            for hook in list(self.before_write):
-                hook(offset, length)
-            try:
-                self._discard(offset, length)
-            finally:
-                self.mark_dirty(offset, length)
-            for after in list(self.after_write):
-                after(offset, length, None)
-        finally:
-            self._leave_write()
+        if self.unmap and length:
+            self._change(offset, length, None, lambda: self._discard(offset, length))
 
     def write_zeroes(self, offset: int, length: int) -> None:
         """Make a range read as zeros (in a worker thread): a write for the copy-before-write
         hooks and the bitmaps, which the file driver does with FALLOC_FL_ZERO_RANGE as
         file-posix does (the range then reads as a hole in block status)."""
-        self._enter_write()
-        try:
-            for hook in list(self.before_write):
-                hook(offset, length)
-            try:
-                self._write_zeroes(offset, length)
-            finally:
-                if self.bitmaps or self.trackers:
-                    self.mark_dirty(offset, length)
-            for after in list(self.after_write):
-                after(offset, length, None)
-        finally:
-            self._leave_write()
+        self._change(offset, length, None, lambda: self._write_zeroes(offset, length))
 
     def _write_zeroes(self, offset: int, length: int) -> None:
         """The driver's zeroing: passed to the layer below, else written as zeros."""
