@@ -144,7 +144,7 @@ class Channel:
         while got < len(view):
             if self.closed:
                 raise ConnectionResetError("connection closed")
-            n = await self.loop.sock_recv_into(self.sock, view[got:])
+            n = await self._recv_into(view[got:])
             if n == 0:
                 raise ShortRead(got)
             got += n
@@ -154,10 +154,18 @@ class Channel:
                 unyielded = 0
                 await asyncio.sleep(0)
 
+    async def _recv_into(self, view: memoryview) -> int:
+        """Read what has arrived into ``view`` (at least a byte; 0 at EOF)."""
+        return await self.loop.sock_recv_into(self.sock, view)
+
+    async def _read(self, n: int) -> bytes:
+        """Up to ``n`` bytes that have arrived (b"" at EOF)."""
+        return await self.loop.sock_recv(self.sock, n)
+
     async def _recv(self, n: int) -> bytes:
         if self.closed:
             raise ConnectionResetError("connection closed")
-        chunk = await self.loop.sock_recv(self.sock, n)
+        chunk = await self._read(n)
         if not chunk:
             raise ConnectionError("Input/output error")
         self.received += len(chunk)
@@ -192,28 +200,11 @@ class FdChannel(Channel):
         await asyncio.to_thread(_write_all, self.fd, data)
         self.sent += len(data)
 
-    async def _recv(self, n: int) -> bytes:
-        if self.closed:
-            raise ConnectionResetError("connection closed")
-        chunk = await asyncio.to_thread(os.read, self.fd, n)
-        if not chunk:
-            raise ConnectionError("Input/output error")
-        self.received += len(chunk)
-        return chunk
+    async def _read(self, n: int) -> bytes:
+        return await asyncio.to_thread(os.read, self.fd, n)
 
-    async def recv_into(self, view: memoryview) -> None:
-        got = min(len(self._buf), len(view))
-        if got:
-            view[:got] = self._buf[:got]
-            del self._buf[:got]
-        while got < len(view):
-            if self.closed:
-                raise ConnectionResetError("connection closed")
-            n = await asyncio.to_thread(os.readv, self.fd, [view[got:got + _FD_CHUNK]])
-            if n == 0:
-                raise ShortRead(got)
-            got += n
-            self.received += n
+    async def _recv_into(self, view: memoryview) -> int:
+        return await asyncio.to_thread(os.readv, self.fd, [view[:_FD_CHUNK]])
 
     def shutdown(self) -> None:
         """A file cannot be interrupted: a cancel takes effect at the next chunk."""
