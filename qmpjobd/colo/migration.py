@@ -118,6 +118,10 @@ class Migration:
         self._connecting: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         """Set by migrate_cancel or yank: a held or delayed drill on a plain migration ends."""
+        self.checkpointing = False
+        """A primary's checkpoint is sending RAM that lives in the guest's memory: the guest
+        does not write, even if a cont made it run meanwhile (the section's CRC and the
+        digest are of what is sent)."""
         self.on_colo_error: list[Callable[[], None]] = []
         """Called when a replication run ends with COLO_EXIT error (the heartbeat's hook)."""
 
@@ -203,7 +207,7 @@ class Migration:
         while True:
             await asyncio.sleep(0.01 if self.guest.workload.rate else 0.1)
             now = loop.time()
-            if self.machine.running:
+            if self.machine.running and not self.checkpointing:
                 self.guest.advance(now - last)
             last = now
 

@@ -47,6 +47,8 @@ class Host(Protocol):
     faults: Faults
     metrics: Metrics
     verify: bool
+    checkpointing: bool
+    """Set while a primary's checkpoint sends RAM: the guest's workload does not write."""
 
     @property
     def running(self) -> bool:
@@ -329,6 +331,7 @@ class Replication:
             raise ConnectionAbortedError("failover request")
         t_stop = time.time()
         host.set_runstate("colo")
+        host.checkpointing = True  # a cont meanwhile must not change the RAM being sent
         host.next_pass()
         seq = guest.checkpoint + 1
         dirty = guest.take_dirty()
@@ -372,6 +375,7 @@ class Replication:
                 if pending is not None and not pending.done():
                     with contextlib.suppress(Exception):
                         await pending
+            host.checkpointing = False
         guest.checkpoint = seq
         if host.verify:
             guest.committed_digest = guest.history.get(seq, "")
